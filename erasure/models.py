@@ -1,0 +1,105 @@
+"""Find and load base models: the embedded MiniSD, a local Stable Diffusion folder, or a hub id
+already in the local cache. Never touches the network."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+MINISD_NAME = "minisd"
+MINISD_PATH = Path(__file__).parent / "worlds" / "mini" / "weights" / "minisd"
+SD_COMPONENTS = ("unet", "text_encoder", "tokenizer", "vae", "scheduler")
+
+# Sampling defaults per model family: MiniSD's were picked on its judge (docs/minisd.md).
+MINISD_DEFAULTS = {"num_inference_steps": 25, "guidance_scale": 5.0, "height": 64, "width": 64}
+SD_DEFAULTS = {"num_inference_steps": 50, "guidance_scale": 7.5}
+
+
+def _check_sd_folder(path: Path) -> Path:
+    if not (path / "model_index.json").exists():
+        raise UserError(f"{path} is not a diffusers Stable Diffusion folder (no model_index.json); "
+                        "pass a folder saved by StableDiffusionPipeline.save_pretrained, or --model minisd")
+    missing = [c for c in SD_COMPONENTS if not (path / c).is_dir()]
+    if missing:
+        raise UserError(f"{path} lacks the Stable Diffusion part(s) {', '.join(missing)}; "
+                        "a base model needs unet/, text_encoder/, tokenizer/, vae/ and scheduler/")
+    return path
+
+
+def resolve_model(model: str | os.PathLike) -> Path:
+    """'minisd' -> the shipped folder; a local folder -> itself (checked); a hub id -> its snapshot
+    in the local Hugging Face cache (offline only)."""
+    name = str(model)
+    if name.lower() == MINISD_NAME:
+        if not (MINISD_PATH / "model_index.json").exists():
+            raise UserError(f"the MiniSD weights are missing from {MINISD_PATH}; reinstall erasure, or train them with "
+                            "python -m erasure.worlds.mini.train")
+        return MINISD_PATH
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"--model {name} is a file; pass a diffusers Stable Diffusion folder, an erasure folder or 'minisd'")
+        return _check_sd_folder(path)
+    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
+        try:
+            from huggingface_hub import snapshot_download
+            snapshot = Path(snapshot_download(name, local_files_only=True))
+        except Exception:
+            raise UserError(f"model '{name}' is neither a local folder nor in the local Hugging Face cache; erasure never "
+                            "downloads: fetch it once where there is network, then pass its folder") from None
+        return _check_sd_folder(snapshot)
+    raise UserError(f"no model folder at '{name}'; pass a diffusers Stable Diffusion folder, an erasure folder or 'minisd'")
+
+
+def is_minisd(path: str | os.PathLike) -> bool:
+    cfg = Path(path) / "unet" / "config.json"
+    return cfg.exists() and json.loads(cfg.read_text()).get("sample_size") == 16
+
+
+def default_sampling(path: str | os.PathLike) -> dict:
+    return dict(MINISD_DEFAULTS if is_minisd(path) else SD_DEFAULTS)
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def set_attention_backend(pipe, backend: str = "auto") -> str:
+    """xformers memory-efficient attention on CUDA when installed, else PyTorch SDPA (diffusers'
+    default AttnProcessor2_0). Returns the backend used."""
+    if backend not in ("auto", "xformers", "sdpa"):
+        raise UserError(f"unknown attention backend '{backend}'; choose auto, xformers or sdpa")
+    on_cuda = pipe.device.type == "cuda"
+    if backend in ("auto", "xformers") and on_cuda:
+        try:
+            import xformers  # noqa: F401
+            pipe.enable_xformers_memory_efficient_attention()
+            return "xformers"
+        except ImportError:
+            if backend == "xformers":
+                raise UserError("attention backend xformers needs: pip install 'erasure[xformers]'") from None
+    elif backend == "xformers":
+        raise UserError("xformers attention runs on CUDA only; use --attention sdpa on this device")
+    from diffusers.models.attention_processor import AttnProcessor2_0
+    pipe.unet.set_attn_processor(AttnProcessor2_0())
+    return "sdpa"
+
+
+def load_pipeline(model: str | os.PathLike = MINISD_NAME, device: str | None = None, dtype: torch.dtype = torch.float32,
+                  attention: str = "auto"):
+    """A diffusers StableDiffusionPipeline from a base model (see `resolve_model`), offline."""
+    from diffusers import StableDiffusionPipeline
+
+    path = resolve_model(model)
+    pipe = StableDiffusionPipeline.from_pretrained(path, torch_dtype=dtype, safety_checker=None, feature_extractor=None,
+                                                   requires_safety_checker=False, local_files_only=True)
+    pipe = pipe.to(pick_device(device))
+    set_attention_backend(pipe, attention)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
