@@ -55,13 +55,18 @@ def resolve_model(model: str | os.PathLike) -> Path:
     raise UserError(f"no model folder at '{name}'; pass a diffusers Stable Diffusion folder, an erasure folder or 'minisd'")
 
 
-def is_minisd(path: str | os.PathLike) -> bool:
-    cfg = Path(path) / "unet" / "config.json"
-    return cfg.exists() and json.loads(cfg.read_text()).get("sample_size") == 16
+SAMPLING_FILE = "erasure_sampling.json"
 
 
 def default_sampling(path: str | os.PathLike) -> dict:
-    return dict(MINISD_DEFAULTS if is_minisd(path) else SD_DEFAULTS)
+    """Steps and guidance a model folder asks for in erasure_sampling.json; MiniSD's own; else SD's.
+    Image size is left to the pipeline (unet.sample_size x the VAE factor)."""
+    path = Path(path)
+    if (path / SAMPLING_FILE).exists():
+        return json.loads((path / SAMPLING_FILE).read_text())
+    if path.resolve() == MINISD_PATH.resolve():
+        return {k: v for k, v in MINISD_DEFAULTS.items() if k not in ("height", "width")}
+    return dict(SD_DEFAULTS)
 
 
 def pick_device(device: str | None = None) -> torch.device:

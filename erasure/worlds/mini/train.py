@@ -221,6 +221,11 @@ def export_pipeline(unet, text_encoder, vae, tokenizer_dir: Path, out_dir: Path,
     tmp = out_dir.with_name(out_dir.name + ".tmp-export")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
+    # Weights are stored in fp16 to fit the package budget, but compute is fp32: transformers
+    # loads with dtype "auto" from this field, diffusers upcasts on its own.
+    te_config = json.loads((tmp / "text_encoder" / "config.json").read_text())
+    te_config["dtype"] = "float32"
+    write_json(tmp / "text_encoder" / "config.json", te_config)
     write_json(tmp / "training_state.json", state)
     old = out_dir.with_name(out_dir.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
@@ -345,7 +350,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", type=Path, default=Path("runs/minisd"), help="checkpoints and stage outputs")
     p.add_argument("--out", type=Path, default=PACKAGE_WEIGHTS, help="where the shipped weights go")
-    p.add_argument("--stages", default="judge,vae,text,latents,unet")
+    p.add_argument("--stages", default="judge,vae,text,latents,unet",
+                   help="comma list of judge,vae,text,latents,unet; 'export' alone re-exports the last UNet checkpoint")
     p.add_argument("--device", default="auto")
     p.add_argument("--judge-steps", type=int, default=800)
     p.add_argument("--vae-steps", type=int, default=3500)
@@ -393,7 +399,8 @@ def main(argv: list[str] | None = None) -> None:
             judge = train_judge(args.judge_steps, device)
             save_tensors(judge_path, judge.state_dict())
             log(f"judge on 2,000 fresh renders (seed 12345): {judge_accuracy(judge, 2000, 12345, device)}")
-            shutil.copy(judge_path, args.out / "judge.safetensors") if args.out.exists() else None
+            args.out.mkdir(parents=True, exist_ok=True)
+            shutil.copy(judge_path, args.out / "judge.safetensors")
     judge = None
     if judge_path.exists():
         judge = nets.Judge().to(device)
@@ -403,18 +410,18 @@ def main(argv: list[str] | None = None) -> None:
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel
     vae_dir = args.workdir / "vae"
-    if not (vae_dir / "config.json").exists() and ("vae" in stages or "unet" in stages):
+    if not (vae_dir / "config.json").exists() and stages & {"vae", "unet"}:
         vae = AutoencoderKL.from_pretrained(shipped / "vae", torch_dtype=torch.float32) if shipped else train_vae(args.vae_steps, device)
         vae.save_pretrained(vae_dir)
         if judge is not None:
             rec = lambda x: (vae.decode(vae.encode(x * 2 - 1).latent_dist.mean).sample / 2 + 0.5).clamp(0, 1)  # noqa: E731
             log(f"judge on VAE reconstructions: {judge_accuracy(judge, 500, 777, device, rec)}")
     te_dir = args.workdir / "text_encoder"
-    if not (te_dir / "config.json").exists() and ("text" in stages or "unet" in stages):
+    if not (te_dir / "config.json").exists() and stages & {"text", "unet"}:
         te = CLIPTextModel.from_pretrained(shipped / "text_encoder", torch_dtype=torch.float32) if shipped else \
             train_text_encoder(args.text_steps, bank, device)
         te.save_pretrained(te_dir)
-    if "unet" not in stages and "latents" not in stages:
+    if not stages & {"unet", "latents", "export"}:
         return
     vae = AutoencoderKL.from_pretrained(vae_dir).to(device).eval().requires_grad_(False)
     te = CLIPTextModel.from_pretrained(te_dir).to(device).eval().requires_grad_(False)
@@ -422,11 +429,16 @@ def main(argv: list[str] | None = None) -> None:
     cache_path = args.workdir / "latents.safetensors"
     if not cache_path.exists():
         save_tensors(cache_path, build_latent_cache(vae, args.latent_pool, device))
-    if "unet" not in stages:
+    if not stages & {"unet", "export"}:
         return
     cache = load_tensors(cache_path, device)
 
     run = UNetRun(args, device, vae, te, bank, cache)
+    if stages == {"export"}:
+        if not run.load_checkpoint():
+            raise SystemExit(f"no UNet checkpoint in {run.ckpt} to export")
+        stages.add("unet")
+        args.unet_steps = run.step  # export without training
     if run.load_checkpoint():
         log(f"resumed UNet from full checkpoint at step {run.step}")
     elif shipped:

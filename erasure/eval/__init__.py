@@ -1,0 +1,1 @@
+"""Evaluation: judges applied to generated images, metrics, suites and reports."""

@@ -1,0 +1,20 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test that reaches for the network fails loudly
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory) -> Path:
+    """A tiny random-weight SD folder on disk, saved like a user's Stable Diffusion folder."""
+    from tiny import build_tiny_pipeline
+
+    path = tmp_path_factory.mktemp("tiny_sd")
+    build_tiny_pipeline().save_pretrained(path, safe_serialization=True)
+    return path
