@@ -1,0 +1,100 @@
+"""The base config every method extends: one dataclass, fields documented, validated on creation,
+JSON round-trip dispatching on `method`. CLI flags are generated from the fields (cli.py), so the
+help text, the README and the code cannot disagree about a name or a default."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+
+def doc(help: str, **kw) -> Any:
+    """A dataclass field with its help text (shown by `erasure train --help`)."""
+    default = kw.pop("default", dataclasses.MISSING)
+    factory = kw.pop("default_factory", dataclasses.MISSING)
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class EraseConfig:
+    method: str = doc("registered method name, e.g. esd-x", default="")
+    concept: str = doc("concept(s) to erase; several separated by commas: 'circle, star'", default="")
+    anchor: str = doc("what the concept should become (methods with an anchor; empty = the method's default)", default="")
+    base_model: str = doc("'minisd', a diffusers Stable Diffusion folder, or a cached hub id", default="minisd")
+    target: str = doc("weight preset that trains (see erasure/targets.py)", default="")
+    steps: int = doc("optimizer steps", default=1000)
+    lr: float = doc("learning rate", default=1e-5)
+    batch_size: int = doc("samples per step", default=1)
+    grad_accum: int = doc("gradient accumulation micro-steps per optimizer step", default=1)
+    seed: int = doc("seed for every random draw of the run", default=0)
+    dtype: str = doc("compute precision: auto (bf16 autocast on CUDA, fp32 on CPU), float32, bfloat16", default="auto")
+    device: str = doc("auto, cpu, cuda, cuda:1, ...", default="auto")
+    attention: str = doc("attention backend: auto (xformers on CUDA if installed, else SDPA), xformers, sdpa", default="auto")
+    checkpoint_every: int = doc("save a resumable checkpoint every N steps (0 = never)", default=100)
+
+    def __post_init__(self) -> None:
+        self.concept = self.concept.strip()
+        if not self.concepts:
+            raise UserError("the concept is empty; say what to erase, e.g. --concept circle")
+        for name in ("steps", "batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        if not self.lr > 0:
+            raise UserError(f"--lr must be positive (got {self.lr})")
+        if self.checkpoint_every < 0:
+            raise UserError("--checkpoint-every must be >= 0")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise UserError(f"unknown dtype '{self.dtype}'; choose auto, float32, bfloat16 or float16")
+        if self.attention not in ("auto", "xformers", "sdpa"):
+            raise UserError(f"unknown attention backend '{self.attention}'; choose auto, xformers or sdpa")
+        from .targets import TARGETS, target_names
+        if self.target and self.target not in TARGETS:
+            raise UserError(f"unknown weight preset '{self.target}'; choose one of: {', '.join(target_names())}")
+
+    @property
+    def concepts(self) -> list[str]:
+        return [c.strip() for c in self.concept.split(",") if c.strip()]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> "EraseConfig":
+        """Build the right subclass for data["method"]; unknown keys are an error, not ignored."""
+        from .registry import get_method
+        spec = get_method(data.get("method", ""))
+        known = {f.name for f in dataclasses.fields(spec.config_cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"unknown setting(s) for method {spec.name}: {', '.join(unknown)}")
+        return spec.config_cls(**{**spec.defaults, **data, "method": spec.name})
+
+    @staticmethod
+    def from_json(text_or_path: str | Path) -> "EraseConfig":
+        text = Path(text_or_path).read_text() if Path(str(text_or_path)).exists() else str(text_or_path)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"the config is not valid JSON ({e.msg} at line {e.lineno}); fix or regenerate it") from None
+        return EraseConfig.from_dict(data)
+
+
+def field_types(cls: type) -> dict[str, type]:
+    """Resolved annotation per field (for generating CLI flags)."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        t = hints[f.name]
+        args = [a for a in typing.get_args(t) if a is not type(None)]
+        out[f.name] = args[0] if args and typing.get_origin(t) in (typing.Union, getattr(__import__("types"), "UnionType", None)) else t
+    return out

@@ -1,0 +1,3 @@
+from .erased import ErasedPipeline
+
+__all__ = ["ErasedPipeline"]

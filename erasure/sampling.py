@@ -1,0 +1,56 @@
+"""Shared diffusion primitives as plain functions: prompt encoding, classifier-free guidance,
+predicted x0, and DDIM sampling that stops at a chosen step (what ESD needs). No pipeline is
+patched: these call the UNet directly with a diffusers DDIMScheduler's timesteps."""
+from __future__ import annotations
+
+import torch
+
+
+@torch.no_grad()
+def encode_prompts(tokenizer, text_encoder, prompts: list[str], device: torch.device | str) -> torch.Tensor:
+    """(B, 77, D) last hidden states, as Stable Diffusion conditions on them."""
+    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids.to(device)
+    return text_encoder(ids)[0]
+
+
+def encode_prompts_with_grad(tokenizer, text_encoder, prompts: list[str], device) -> torch.Tensor:
+    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids.to(device)
+    return text_encoder(ids)[0]
+
+
+def cfg(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, guidance: float) -> torch.Tensor:
+    """Classifier-free guidance: eps_u + w (eps_c - eps_u)."""
+    return eps_uncond + guidance * (eps_cond - eps_uncond)
+
+
+def predicted_x0(x_t: torch.Tensor, eps: torch.Tensor, alphas_cumprod: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t), a_t = alphas_cumprod[t]; t: (B,) long."""
+    a = alphas_cumprod.to(x_t.device)[t].view(-1, *([1] * (x_t.ndim - 1))).to(x_t.dtype)
+    return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+
+
+def add_noise(x0: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    a = alphas_cumprod.to(x0.device)[t].view(-1, *([1] * (x0.ndim - 1))).to(x0.dtype)
+    return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+
+@torch.no_grad()
+def ddim_trajectory(unet, scheduler, cond: torch.Tensor, uncond: torch.Tensor, latents: torch.Tensor, guidance: float,
+                    num_steps: int, stop_after: int | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Run DDIM (eta 0) with CFG from `latents` (pure noise, (B, C, h, w)) for `num_steps` steps,
+    stopping after `stop_after` steps (default: all). Returns ([x_T, x_after_1, ...], timesteps):
+    trajectory[k] is the latent *before* denoising step k, whose timestep is timesteps[k]."""
+    scheduler.set_timesteps(num_steps, device=latents.device)
+    timesteps = scheduler.timesteps
+    stop_after = num_steps if stop_after is None else stop_after
+    x = latents * scheduler.init_noise_sigma
+    trajectory = [x]
+    cond2 = torch.cat([uncond.expand(len(x), -1, -1), cond.expand(len(x), -1, -1)])
+    for k in range(stop_after):
+        t = timesteps[k]
+        eps_u, eps_c = unet(torch.cat([x, x]), t, encoder_hidden_states=cond2).sample.chunk(2)
+        x = scheduler.step(cfg(eps_u, eps_c, guidance), t, x).prev_sample
+        trajectory.append(x)
+    return trajectory, timesteps

@@ -1,0 +1,183 @@
+"""The one training loop every method shares.
+
+A method subclasses `Trainer`, owns its loss (`compute_loss`) and, if it needs them, a few hooks
+(`setup`, `before_optimizer_step`, `extra_state`). Everything else is here, once: loading the
+base model, freezing all but the preset's weights, the optimizer, bf16 autocast on CUDA,
+gradient accumulation, a progress bar with the loss, a NaN/inf guard, checkpoints every N steps
+with exact resume (weights, optimizer, every RNG, method state), and saving the erasure files.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import random
+import shutil
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import EraseConfig
+from ..errors import UserError
+from ..io import base_tensors, hash_tensors, save_erasure
+from ..io_utils import load_tensors, optimizer_from_tensors, optimizer_to_tensors, save_tensors, write_json
+from ..models import load_pipeline, pick_device, resolve_model
+from ..targets import select_parameters
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+class TrainingDiverged(UserError):
+    """The loss or a gradient became NaN/inf."""
+
+
+class Trainer:
+    config_cls: type[EraseConfig] = EraseConfig
+
+    def __init__(self, config: EraseConfig, pipe=None) -> None:
+        self.config = config
+        self.device = pick_device(config.device)
+        self.base_path = resolve_model(config.base_model) if pipe is None else Path(getattr(pipe, "name_or_path", "") or ".")
+        self.pipe = pipe if pipe is not None else load_pipeline(self.base_path, device=self.device, attention=config.attention)
+        self.pipe.to(self.device)
+        self.unet, self.text_encoder, self.tokenizer = self.pipe.unet, self.pipe.text_encoder, self.pipe.tokenizer
+        self.alphas_cumprod = self.pipe.scheduler.alphas_cumprod.to(self.device)
+        self.use_bf16 = self.device.type == "cuda" and config.dtype in ("auto", "bfloat16")
+        torch.manual_seed(config.seed)
+        self.generator = torch.Generator().manual_seed(config.seed)  # every random draw of the run
+        self.rng = random.Random(config.seed)
+        self.step = 0
+
+        models = {"unet": self.unet, "text_encoder": self.text_encoder}
+        for m in [*models.values(), self.pipe.vae]:
+            m.requires_grad_(False)
+        self.trainable = self.select_trainable(models)
+        for p in self.trainable.values():
+            p.requires_grad_(True)
+        self.base_hash = hash_tensors(base_tensors(self.pipe, list(self.trainable)))
+        self.optimizer = self.make_optimizer()
+        self.setup()
+
+    # ----------------------------------------------------------------- hooks for methods
+    def select_trainable(self, models: dict[str, torch.nn.Module]) -> dict[str, torch.nn.Parameter]:
+        return select_parameters(models, self.config.target)
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.trainable.values(), lr=self.config.lr)
+
+    def setup(self) -> None:
+        """Prepare what the loss needs (embeddings, frozen copies, data)."""
+
+    def compute_loss(self) -> torch.Tensor | tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def before_optimizer_step(self) -> None:
+        """Edit gradients before the step (SalUn's mask, DoCo's projection)."""
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """Method state that a checkpoint must keep for an exact resume."""
+        return {}
+
+    def load_extra_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        pass
+
+    # ----------------------------------------------------------------- shared helpers
+    def frozen_copy(self, module: torch.nn.Module, dtype: torch.dtype | None = None) -> torch.nn.Module:
+        """A no-grad copy of `module` as it is now (the original model θ*)."""
+        frozen = copy.deepcopy(module).requires_grad_(False).eval()
+        if dtype is None and self.config.dtype == "bfloat16" and self.device.type == "cuda":
+            dtype = torch.bfloat16
+        return frozen.to(dtype=dtype) if dtype is not None else frozen
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
+
+    def randint(self, high: int, size: tuple[int, ...] = ()) -> torch.Tensor:
+        return torch.randint(0, high, size, generator=self.generator)
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=self.generator).to(self.device)
+
+    # ----------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, out_dir: Path) -> None:
+        ckpt = out_dir / CHECKPOINT_DIR
+        tensors = {f"param.{k}": v for k, v in self.trainable.items()}
+        opt_tensors, opt_meta = optimizer_to_tensors(self.optimizer)
+        tensors |= opt_tensors
+        tensors |= {f"extra.{k}": v for k, v in self.extra_state().items()}
+        tensors["rng.generator"] = self.generator.get_state()
+        tensors["rng.torch"] = torch.get_rng_state()
+        save_tensors(ckpt / "state.safetensors", tensors)
+        write_json(ckpt / "state.json", {"step": self.step, "config": self.config.to_dict(), "optimizer": opt_meta,
+                                         "python_rng": list(self.rng.getstate()[1]), "python_rng_version": self.rng.getstate()[0],
+                                         "python_rng_gauss": self.rng.getstate()[2]})
+
+    def load_checkpoint(self, out_dir: Path) -> None:
+        ckpt = out_dir / CHECKPOINT_DIR
+        if not (ckpt / "state.json").exists():
+            raise UserError(f"--resume: no checkpoint in {ckpt}; run without --resume to start fresh")
+        meta = json.loads((ckpt / "state.json").read_text())
+        mine = {k: v for k, v in self.config.to_dict().items() if k not in ("steps", "device", "checkpoint_every")}
+        theirs = {k: v for k, v in meta["config"].items() if k not in ("steps", "device", "checkpoint_every")}
+        if mine != theirs:
+            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            raise UserError(f"--resume: the checkpoint in {ckpt} was made with different settings ({', '.join(diff)}); "
+                            "use the same settings or a new --out")
+        tensors = load_tensors(ckpt / "state.safetensors", self.device)
+        with torch.no_grad():
+            for k, p in self.trainable.items():
+                p.copy_(tensors[f"param.{k}"])
+        optimizer_from_tensors(self.optimizer, tensors, meta["optimizer"])
+        self.load_extra_state({k[6:]: v for k, v in tensors.items() if k.startswith("extra.")})
+        self.generator.set_state(tensors["rng.generator"].cpu())
+        torch.set_rng_state(tensors["rng.torch"].cpu())
+        self.rng.setstate((meta["python_rng_version"], tuple(meta["python_rng"]), meta["python_rng_gauss"]))
+        self.step = meta["step"]
+
+    # ----------------------------------------------------------------- the loop
+    def train(self, out_dir: str | Path, resume: bool = False, stop_after: int | None = None) -> Path:
+        """Train `config.steps` optimizer steps and write the erasure into `out_dir`.
+        `stop_after` ends the run early after that many steps (checkpointing first), which is
+        how tests simulate an interrupted run."""
+        out = Path(out_dir)
+        cfg = self.config
+        if resume:
+            self.load_checkpoint(out)
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"{cfg.method} '{cfg.concept}'", dynamic_ncols=True)
+        while self.step < cfg.steps:
+            self.optimizer.zero_grad(set_to_none=True)
+            logs: dict[str, float] = {}
+            total = 0.0
+            for _ in range(cfg.grad_accum):
+                with self.autocast():
+                    result = self.compute_loss()
+                loss, logs = result if isinstance(result, tuple) else (result, {})
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"the loss became {loss.item()} at step {self.step}; stopped. The last good checkpoint is in "
+                        f"{out / CHECKPOINT_DIR} (if any): lower --lr or use --dtype float32, then --resume")
+                (loss / cfg.grad_accum).backward()
+                total += loss.item() / cfg.grad_accum
+            self.before_optimizer_step()
+            grads = [p.grad for p in self.trainable.values() if p.grad is not None]
+            if grads and not all(torch.isfinite(g).all() for g in grads):
+                raise TrainingDiverged(f"a gradient became NaN/inf at step {self.step}; stopped. Lower --lr, then --resume "
+                                       f"from {out / CHECKPOINT_DIR}")
+            self.optimizer.step()
+            self.step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{total:.4g}", **{k: f"{v:.3g}" for k, v in logs.items()})
+            interrupted = stop_after is not None and self.step >= stop_after
+            if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps) or interrupted:
+                self.save_checkpoint(out)
+            if interrupted:
+                bar.close()
+                return out
+        bar.close()
+        self.save(out)
+        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+        return out
+
+    def save(self, out_dir: str | Path) -> Path:
+        tensors = {k: v.detach() for k, v in self.trainable.items()}
+        return save_erasure(out_dir, self.config, tensors, self.base_hash, self.base_path)
