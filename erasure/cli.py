@@ -18,9 +18,9 @@ def _positive(name: str, value: int) -> int:
     return value
 
 
-def _sampling(args, model_path) -> dict:
-    from .models import default_sampling
-    sampling = default_sampling(model_path)
+def _sampling(args, model) -> dict:
+    from .models import base_of, default_sampling
+    sampling = default_sampling(base_of(model))
     if args.steps is not None:
         sampling["num_inference_steps"] = _positive("steps", args.steps)
     if args.guidance is not None:
@@ -31,14 +31,13 @@ def _sampling(args, model_path) -> dict:
 def cmd_generate(args) -> int:
     from .images import grid, save_png
     from .eval.attributes import generate
-    from .models import load_pipeline, resolve_model
+    from .models import load_pipeline
 
     _positive("num-images", args.num_images)
     if not args.prompt.strip():
         raise UserError("--prompt is empty; say what to draw, e.g. --prompt 'a red circle'")
-    path = resolve_model(args.model)
-    pipe = load_pipeline(path, device=args.device)
-    images = generate(pipe, [args.prompt], args.num_images, args.seed, _sampling(args, path), desc="generate")
+    pipe = load_pipeline(args.model, device=args.device)
+    images = generate(pipe, [args.prompt], args.num_images, args.seed, _sampling(args, args.model), desc="generate")
     out = Path(args.out)
     for i, image in enumerate(images):
         save_png(image, out / f"{i:03d}.png")
@@ -51,16 +50,16 @@ def cmd_eval(args) -> int:
     from .eval.attributes import attribute_accuracy, read_prompt_csv
     from .images import grid, save_png
     from .io_utils import write_json
-    from .models import load_pipeline, resolve_model
+    from .models import load_pipeline
 
     _positive("images-per-prompt", args.images_per_prompt)
     rows = read_prompt_csv(args.prompts)
-    path = resolve_model(args.model)
-    pipe = load_pipeline(path, device=args.device)
-    result = attribute_accuracy(pipe, rows, args.images_per_prompt, args.seed, _sampling(args, path), str(pipe.device))
+    pipe = load_pipeline(args.model, device=args.device)
+    sampling = _sampling(args, args.model)
+    result = attribute_accuracy(pipe, rows, args.images_per_prompt, args.seed, sampling, str(pipe.device))
     images = result.pop("images")
     result["settings"] = {"model": str(args.model), "prompts": str(args.prompts), "images_per_prompt": args.images_per_prompt,
-                          "seed": args.seed, **_sampling(args, path)}
+                          "seed": args.seed, **sampling}
     write_json(args.json, result)
     if args.grid:
         save_png(grid(images, nrow=args.images_per_prompt, scale=2), args.grid)
@@ -68,6 +67,117 @@ def cmd_eval(args) -> int:
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     print(f"object_acc {fmt(s['object_acc'])}  color_acc {fmt(s['color_acc'])}  style_acc {fmt(s['style_acc'])}  "
           f"({s['n_images']} images) -> {args.json}")
+    return 0
+
+
+TRAIN_OWN_FLAGS = ("method", "model", "out", "config", "resume")
+
+
+def _config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field over every registered method, default SUPPRESS so that only
+    what the user typed overrides the yaml and the defaults."""
+    import dataclasses
+
+    from .config import field_types
+    from .registry import get_method, method_names
+
+    seen: set[str] = set()
+    for name in method_names():
+        cls = get_method(name).config_cls
+        group = None
+        for f in dataclasses.fields(cls):
+            if f.name in seen or f.name in ("method", "base_model"):
+                continue
+            seen.add(f.name)
+            if group is None:
+                group = parser.add_argument_group(f"{cls.__name__} settings")
+            kind = field_types(cls)[f.name]
+            group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind if kind in (int, float, str) else str,
+                               default=argparse.SUPPRESS, help=f"{f.metadata.get('help', '')} (default: {f.default})")
+
+
+def _train_config(args) -> "EraseConfig":  # noqa: F821
+    import dataclasses
+
+    import yaml
+
+    from .config import EraseConfig
+    from .registry import get_method
+
+    from_yaml: dict = {}
+    if args.config:
+        try:
+            from_yaml = yaml.safe_load(Path(args.config).read_text()) or {}
+        except FileNotFoundError:
+            raise UserError(f"no config file at {args.config}") from None
+        except yaml.YAMLError as e:
+            raise UserError(f"{args.config} is not valid YAML ({str(e).splitlines()[0]})") from None
+        from_yaml = {k.replace("-", "_"): v for k, v in from_yaml.items()}
+    method = args.method or from_yaml.get("method") or "esd-x"
+    spec = get_method(method)
+    fields = {f.name for f in dataclasses.fields(spec.config_cls)}
+    typed = {k: v for k, v in vars(args).items() if k not in TRAIN_OWN_FLAGS and k not in ("command", "func")}
+    foreign = sorted(set(typed) - fields)
+    if foreign:
+        raise UserError(f"--{foreign[0].replace('_', '-')} is not a setting of method {spec.name}; "
+                        f"see erasure train --method {spec.name} --help")
+    model = args.model or from_yaml.get("base_model") or "minisd"
+    settings = {**from_yaml, **typed, "method": spec.name, "base_model": model}
+    if str(model).lower() == "minisd":  # MiniSD is ~200x smaller than SD: its own column of defaults
+        overrides = getattr(spec.config_cls, "minisd_defaults", {})
+        settings = {**overrides, **settings}
+    return EraseConfig.from_dict(settings)
+
+
+def _check_concept_known(config) -> None:
+    from .models import MINISD_PATH, resolve_model
+    from .worlds.mini.world import COLORS, OBJECTS, STYLES, parse_caption
+
+    if resolve_model(config.base_model).resolve() != MINISD_PATH.resolve():
+        return
+    for concept in config.concepts:
+        if not any(parse_caption(concept).values()):
+            raise UserError(f"MiniSD does not know the concept '{concept}' (it draws objects {', '.join(OBJECTS)}; colours "
+                            f"{', '.join(COLORS)}; styles {', '.join(STYLES)}); to erase it from Stable Diffusion, pass "
+                            "--model /path/to/stable-diffusion-folder")
+
+
+def cmd_train(args) -> int:
+    from .compare import write_comparison
+    from .registry import get_method
+
+    config = _train_config(args)
+    _check_concept_known(config)
+    out = Path(args.out)
+    if not args.resume and (out / "erasure_config.json").exists():
+        raise UserError(f"{out} already holds an erasure; choose a new --out or delete it")
+    trainer = get_method(config.method).trainer_cls(config)
+    trainer.train(out, resume=args.resume)
+    grid_path = write_comparison(out, config, trainer.pipe.device)
+    print(f"erasure written to {out}/ (erasure_config.json, erasure_model.safetensors)\n"
+          f"before/after grid: {grid_path}\n"
+          f"use it: ErasedPipeline.from_pretrained('{out}')  or  erasure generate --model {out} --prompt ...")
+    return 0
+
+
+def cmd_export(args) -> int:
+    import shutil
+
+    from .io import read_manifest
+    from .pipelines import ErasedPipeline
+
+    read_manifest(args.erasure_dir)
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not empty; choose a new --out")
+    pipe = ErasedPipeline.from_pretrained(args.erasure_dir)
+    tmp = out.with_name(out.name + ".tmp-export")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.to_standard().save_pretrained(tmp, safe_serialization=True)
+    if out.exists():
+        out.rmdir()
+    tmp.rename(out)
+    print(f"wrote a complete Stable Diffusion folder to {out} (loads with StableDiffusionPipeline.from_pretrained)")
     return 0
 
 
@@ -96,7 +206,34 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--grid", default=None, help="optional PNG grid of every image, one row per prompt")
     model_args(e)
     e.set_defaults(func=cmd_eval)
+
+    t = sub.add_parser("train", help="erase a concept: train, save the erasure, write a before/after grid")
+    t.add_argument("--method", default=None, help="registered method (default esd-x); see `erasure ls`")
+    t.add_argument("--model", default=None, help="base model: 'minisd' (default), a Stable Diffusion folder or cached hub id")
+    t.add_argument("--out", required=True, help="folder for the erasure files")
+    t.add_argument("--config", default=None, help="YAML file of settings (flags override it)")
+    t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    _config_flags(t)
+    t.set_defaults(func=cmd_train)
+
+    x = sub.add_parser("export", help="write an erasure as a complete standard diffusers folder")
+    x.add_argument("erasure_dir")
+    x.add_argument("--out", required=True)
+    x.set_defaults(func=cmd_export)
+
+    ls = sub.add_parser("ls", help="list methods and weight presets")
+    ls.set_defaults(func=cmd_ls)
     return p
+
+
+def cmd_ls(args) -> int:
+    from .registry import get_method, method_names
+    from .targets import target_names
+    for name in method_names():
+        spec = get_method(name)
+        print(f"{name:14s} {spec.config_cls.__name__} trains {spec.defaults.get('target', '')}")
+    print("weight presets:", ", ".join(target_names()))
+    return 0
 
 
 def run(argv: list[str] | None = None) -> int:

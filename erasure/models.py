@@ -96,14 +96,28 @@ def set_attention_backend(pipe, backend: str = "auto") -> str:
     return "sdpa"
 
 
+def base_of(model: str | os.PathLike) -> Path:
+    """The base model folder behind `model`: itself, or the base an erasure folder names."""
+    from .io import is_erasure_dir, read_manifest
+    if Path(str(model)).is_dir() and is_erasure_dir(model):
+        return resolve_model(read_manifest(model)["base_model"])
+    return resolve_model(model)
+
+
 def load_pipeline(model: str | os.PathLike = MINISD_NAME, device: str | None = None, dtype: torch.dtype = torch.float32,
                   attention: str = "auto"):
-    """A diffusers StableDiffusionPipeline from a base model (see `resolve_model`), offline."""
+    """A diffusers StableDiffusionPipeline from a base model (see `resolve_model`) or an erasure
+    folder (an ErasedPipeline), offline, without the safety checker (evaluation judges raw output)."""
     from diffusers import StableDiffusionPipeline
 
-    path = resolve_model(model)
-    pipe = StableDiffusionPipeline.from_pretrained(path, torch_dtype=dtype, safety_checker=None, feature_extractor=None,
-                                                   requires_safety_checker=False, local_files_only=True)
+    from .io import is_erasure_dir
+    if Path(str(model)).is_dir() and is_erasure_dir(model):
+        from .pipelines import ErasedPipeline
+        loader, path = ErasedPipeline, Path(str(model))
+    else:
+        loader, path = StableDiffusionPipeline, resolve_model(model)
+    pipe = loader.from_pretrained(path, torch_dtype=dtype, safety_checker=None, feature_extractor=None,
+                                  requires_safety_checker=False, local_files_only=True)
     pipe = pipe.to(pick_device(device))
     set_attention_backend(pipe, attention)
     pipe.set_progress_bar_config(disable=True)

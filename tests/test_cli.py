@@ -56,3 +56,48 @@ def test_bad_input_is_one_line_and_exit_2(case, args, message, tmp_path, capsys)
     err = _error_line(capsys)
     assert message in err and err.startswith("erasure: error:")
     assert not (tmp_path / "o").exists() and not (tmp_path / "r.json").exists()
+
+
+def test_train_writes_erasure_and_grid_and_export_is_a_standard_folder(tiny_sd_dir, tmp_path, capsys):
+    out = tmp_path / "erased"
+    assert run(["train", "--concept", "circle", "--method", "esd-x-strict", "--model", str(tiny_sd_dir), "--steps", "2",
+                "--lr", "1e-3", "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} == {"erasure_config.json", "erasure_model.safetensors", "comparison.png"}
+    printed = capsys.readouterr().out
+    assert str(out) in printed and "comparison.png" in printed
+    full = tmp_path / "full"
+    assert run(["export", str(out), "--out", str(full)]) == 0
+    from diffusers import StableDiffusionPipeline
+    pipe = StableDiffusionPipeline.from_pretrained(full)
+    assert type(pipe) is StableDiffusionPipeline
+    # generate and eval accept an erasure folder as --model
+    assert run(["generate", "--prompt", "a circle", "--model", str(out), "--num-images", "1", "--steps", "2",
+                "--out", str(tmp_path / "g")]) == 0
+
+
+def test_yaml_then_flags_precedence(tiny_sd_dir, tmp_path):
+    from erasure.cli import _train_config, build_parser
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("method: esd-u\nconcept: star\nsteps: 7\nlr: 0.002\n")
+    args = build_parser().parse_args(["train", "--config", str(cfg), "--steps", "9", "--model", str(tiny_sd_dir),
+                                      "--out", str(tmp_path / "o")])
+    config = _train_config(args)
+    assert (config.method, config.concept, config.steps, config.lr, config.target) == ("esd-u", "star", 9, 0.002, "esd-u")
+
+
+@pytest.mark.parametrize("case, args, message", [
+    ("nudity on minisd", ["train", "--concept", "nudity", "--out", "{tmp}/o"], "MiniSD does not know the concept 'nudity'"),
+    ("unknown method", ["train", "--concept", "circle", "--method", "esd-q", "--out", "{tmp}/o"], "unknown method 'esd-q'"),
+    ("empty concept", ["train", "--concept", "", "--out", "{tmp}/o"], "the concept is empty"),
+    ("zero steps", ["train", "--concept", "circle", "--steps", "0", "--out", "{tmp}/o"], "--steps must be at least 1"),
+    ("not an SD folder", ["train", "--concept", "circle", "--model", "{tmp}", "--out", "{tmp}/o"], "not a diffusers Stable Diffusion folder"),
+    ("missing yaml", ["train", "--concept", "circle", "--out", "{tmp}/o", "--config", "{tmp}/none.yaml"], "no config file"),
+    ("broken erasure", ["generate", "--prompt", "x", "--model", "{tmp}/broken", "--out", "{tmp}/o"], "is corrupt"),
+])
+def test_train_bad_input_is_one_line_exit_2_and_writes_nothing(case, args, message, tmp_path, capsys):
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "erasure_config.json").write_text("{oops")
+    code = run([a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert code == 2, case
+    assert message in _error_line(capsys)
+    assert not (tmp_path / "o").exists()

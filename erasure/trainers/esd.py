@@ -29,6 +29,7 @@ Where we differ from the reference code, deliberately:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +54,10 @@ class ESDConfig(EraseConfig):
     sample_with: str = doc("which model samples x_t: frozen (newer script) or trained (original code)", default="frozen")
     trajectory_batch: int = doc("trajectories sampled at once and reused (speed; 1 = reference behaviour)", default=8)
     refresh_every: int = doc("draw fresh trajectories every N steps (1 = reference behaviour)", default=50)
+
+    # MiniSD is ~200x smaller than SD 1.4 and its run must finish in minutes on a CPU: the CLI
+    # swaps these in for unset flags when --model minisd (docs/esd.md shows the measurements).
+    minisd_defaults: ClassVar[dict] = {"steps": 400, "lr": 1e-4}
 
     def __post_init__(self) -> None:
         super().__post_init__()

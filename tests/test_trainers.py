@@ -1,0 +1,162 @@
+"""Shared trainer tests, parametrised over every registered method: a new method file is
+covered as soon as it registers itself."""
+import json
+
+import pytest
+import torch
+
+from erasure.config import EraseConfig
+from erasure.errors import UserError
+from erasure.io import CONFIG_NAME, WEIGHTS_NAME
+from erasure.pipelines import ErasedPipeline
+from erasure.registry import get_method, method_names
+from erasure.targets import TARGETS
+from erasure.trainers.base import TrainingDiverged
+
+METHODS = method_names()
+
+
+def make_config(method, base, **kw):
+    return EraseConfig.from_dict({"method": method, "concept": "circle", "base_model": str(base), "steps": 3,
+                                  "lr": 1e-3, "checkpoint_every": 0, **kw})
+
+
+def trainer_for(config):
+    return get_method(config.method).trainer_cls(config)
+
+
+def snapshot(pipe):
+    return {f"{c}.{n}": p.detach().clone() for c in ("unet", "text_encoder")
+            for n, p in getattr(pipe, c).named_parameters()}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_only_the_presets_weights_change(method, tiny_sd_dir, tmp_path):
+    trainer = trainer_for(make_config(method, tiny_sd_dir))
+    before = snapshot(trainer.pipe)
+    trainer.train(tmp_path / "out")
+    after = snapshot(trainer.pipe)
+    rule = TARGETS[trainer.config.target]
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    allowed = {k for k in before if rule(*k.split(".", 1))}
+    assert changed, "training changed nothing"
+    assert changed <= allowed, sorted(changed - allowed)[:5]
+    manifest = json.loads((tmp_path / "out" / CONFIG_NAME).read_text())
+    assert set(manifest["changed_tensors"]) == allowed
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_save_then_load_onto_a_fresh_base_reproduces_outputs(method, tiny_sd_dir, tmp_path):
+    trainer = trainer_for(make_config(method, tiny_sd_dir))
+    trainer.train(tmp_path / "out")
+    kw = dict(num_inference_steps=3, output_type="pt")
+    trained = trainer.pipe("a red circle", generator=torch.Generator().manual_seed(5), **kw).images
+    loaded = ErasedPipeline.from_pretrained(tmp_path / "out")
+    assert isinstance(loaded, ErasedPipeline)
+    again = loaded("a red circle", generator=torch.Generator().manual_seed(5), **kw).images
+    assert torch.equal(trained, again)
+    base = ErasedPipeline.from_pretrained(tiny_sd_dir)("a red circle", generator=torch.Generator().manual_seed(5), **kw).images
+    assert not torch.equal(base, again)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_config_json_round_trips(method, tiny_sd_dir):
+    config = make_config(method, tiny_sd_dir, seed=7)
+    again = EraseConfig.from_json(config.to_json())
+    assert type(again) is type(config) and again == config
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_resume_matches_an_uninterrupted_run(method, tiny_sd_dir, tmp_path):
+    config = make_config(method, tiny_sd_dir, steps=4)
+    full = trainer_for(config)
+    full.train(tmp_path / "full")
+    trainer_for(config).train(tmp_path / "cut", stop_after=2)
+    assert (tmp_path / "cut" / "checkpoint" / "state.json").exists()
+    resumed = trainer_for(config)
+    resumed.train(tmp_path / "cut", resume=True)
+    for k, v in full.trainable.items():
+        assert torch.equal(v, resumed.trainable[k]), k
+    assert not (tmp_path / "cut" / "checkpoint").exists()
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tiny_sd_dir, tmp_path):
+    config = make_config("esd-x", tiny_sd_dir, steps=5, checkpoint_every=1)
+    trainer = trainer_for(config)
+    real_loss = trainer.compute_loss
+    trainer.compute_loss = lambda: real_loss() * (float("nan") if trainer.step >= 2 else 1.0)
+    with pytest.raises(TrainingDiverged, match="loss became nan at step 2"):
+        trainer.train(tmp_path / "out")
+    state = json.loads((tmp_path / "out" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 2
+    assert not (tmp_path / "out" / CONFIG_NAME).exists()
+
+
+def test_esd_target_is_the_papers_equation(tiny_sd_dir):
+    """With eta = 0 the target is eps*(c_0): training pulls eps(c_f) toward the unconditional."""
+    trainer = trainer_for(make_config("esd-x", tiny_sd_dir, negative_guidance=0.0))
+    x = torch.randn(1, 4, 16, 16)
+    t = torch.tensor([500])
+    with torch.no_grad():
+        eps_0 = trainer.frozen_unet(x, t, encoder_hidden_states=trainer.c_empty).sample
+        eps_f = trainer.frozen_unet(x, t, encoder_hidden_states=trainer.c_forget[:1]).sample
+    trainer.draw_xt = lambda k, b: (x, t)
+    loss = trainer.compute_loss()
+    assert loss.item() == pytest.approx(torch.nn.functional.mse_loss(eps_f, eps_0).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"method": "esd-q"}, "unknown method 'esd-q'; choose one of: esd-all, esd-u, esd-x, esd-x-strict"),
+    ({"concept": "  "}, "the concept is empty"),
+    ({"steps": 0}, "--steps must be at least 1"),
+    ({"target": "esd-z"}, "unknown weight preset 'esd-z'"),
+    ({"sample_with": "both"}, "--sample-with must be frozen or trained"),
+])
+def test_bad_settings_are_one_line_errors(settings, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        EraseConfig.from_dict({"method": "esd-x", "concept": "circle", **settings})
+
+
+def test_erasure_onto_a_mismatched_base_lists_the_tensors(tiny_sd_dir, tmp_path):
+    trainer = trainer_for(make_config("esd-x-strict", tiny_sd_dir, steps=1))
+    trainer.train(tmp_path / "out")
+    from tiny import build_tiny_pipeline
+    other = build_tiny_pipeline()
+    other.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn2.to_k = torch.nn.Linear(32, 8, bias=False)
+    from erasure.io import apply_erasure
+    with pytest.raises(UserError, match=r"does not fit the base model \(1 tensor\(s\): unet.down_blocks.1.*to_k.weight"):
+        apply_erasure(other, tmp_path / "out")
+
+
+def test_a_different_base_warns(tiny_sd_dir, tmp_path):
+    trainer_for(make_config("esd-x-strict", tiny_sd_dir, steps=1)).train(tmp_path / "out")
+    from tiny import build_tiny_pipeline
+    other = build_tiny_pipeline(seed=1)
+    from erasure.io import apply_erasure
+    with pytest.warns(UserWarning, match="base model differs"):
+        apply_erasure(other, tmp_path / "out")
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("no_manifest", "has no erasure_config.json"),
+    ("corrupt", "is corrupt"),
+    ("no_weights", "no erasure_model.safetensors"),
+])
+def test_broken_erasure_folders_are_clear_errors(damage, message, tiny_sd_dir, tmp_path):
+    trainer_for(make_config("esd-x-strict", tiny_sd_dir, steps=1)).train(tmp_path / "out")
+    if damage == "no_manifest":
+        (tmp_path / "out" / CONFIG_NAME).unlink()
+    elif damage == "corrupt":
+        (tmp_path / "out" / CONFIG_NAME).write_text("{not json")
+    else:
+        (tmp_path / "out" / WEIGHTS_NAME).unlink()
+    with pytest.raises(UserError, match=message):
+        ErasedPipeline.from_pretrained(tmp_path / "out")
+
+
+def test_pickle_weights_are_refused(tmp_path):
+    from erasure.io_utils import load_tensors
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"\x80\x04not really")
+    with pytest.raises(ValueError, match="pickle checkpoint, which erasure never loads"):
+        load_tensors(bad)
