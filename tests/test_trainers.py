@@ -111,6 +111,7 @@ def test_esd_target_is_the_papers_equation(tiny_sd_dir):
     ({"steps": 0}, "--steps must be at least 1"),
     ({"target": "esd-z"}, "unknown weight preset 'esd-z'"),
     ({"sample_with": "both"}, "--sample-with must be frozen or trained"),
+    ({"sample_with": "trained"}, "--sample-with trained samples afresh every step"),
 ])
 def test_bad_settings_are_one_line_errors(settings, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(")):
@@ -160,3 +161,12 @@ def test_pickle_weights_are_refused(tmp_path):
     bad.write_bytes(b"\x80\x04not really")
     with pytest.raises(ValueError, match="pickle checkpoint, which erasure never loads"):
         load_tensors(bad)
+
+
+@pytest.mark.parametrize("extra", [{"refresh_every": 1}, {"refresh_every": 1, "sample_with": "trained"},
+                                   {"erase_from": "a red shape"}, {"concept": "circle, star", "batch_size": 2}])
+def test_esd_variants_train_and_differ_from_the_base(extra, tiny_sd_dir, tmp_path):
+    trainer = trainer_for(make_config("esd-x-strict", tiny_sd_dir, steps=2, **extra))
+    before = {k: v.detach().clone() for k, v in trainer.trainable.items()}
+    trainer.train(tmp_path / "out")
+    assert any(not torch.equal(before[k], v) for k, v in trainer.trainable.items())

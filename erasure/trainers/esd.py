@@ -22,8 +22,8 @@ Where we differ from the reference code, deliberately:
     i.e. the noise level of the opposite end of the schedule: we do not copy that mismatch.
   * For speed, `trajectory_batch` trajectories are sampled at once and reused for
     `refresh_every` steps (the frozen model's trajectories do not change as we train, so the
-    (x_t, t) pairs are draws from the same distribution). `trajectory_batch=1,
-    refresh_every=1` is the reference's one-fresh-sample-per-step behaviour.
+    (x_t, t) pairs are draws from the same distribution). `refresh_every=1` is the
+    reference's behaviour: one fresh trajectory per step, run only up to the drawn step.
   * Several concepts at once: each step erases one concept drawn at random.
 """
 from __future__ import annotations
@@ -52,8 +52,9 @@ class ESDConfig(EraseConfig):
     start_guidance: float = doc("CFG scale of the DDIM sampling that produces x_t", default=3.0)
     ddim_steps: int = doc("DDIM steps of that sampling; t is one of them", default=50)
     sample_with: str = doc("which model samples x_t: frozen (newer script) or trained (original code)", default="frozen")
-    trajectory_batch: int = doc("trajectories sampled at once and reused (speed; 1 = reference behaviour)", default=8)
-    refresh_every: int = doc("draw fresh trajectories every N steps (1 = reference behaviour)", default=50)
+    trajectory_batch: int = doc("trajectories sampled at once and reused for refresh_every steps", default=8)
+    refresh_every: int = doc("draw fresh trajectories every N steps; 1 = the reference's fresh partial "
+                             "trajectory every step (batch_size of them)", default=50)
 
     # MiniSD is ~200x smaller than SD 1.4 and its run must finish in minutes on a CPU: the CLI
     # swaps these in for unset flags when --model minisd (docs/esd.md shows the measurements).
@@ -63,8 +64,8 @@ class ESDConfig(EraseConfig):
         super().__post_init__()
         if self.sample_with not in ("frozen", "trained"):
             raise UserError(f"--sample-with must be frozen or trained (got '{self.sample_with}')")
-        if self.sample_with == "trained" and (self.trajectory_batch != 1 or self.refresh_every != 1):
-            raise UserError("--sample-with trained samples afresh every step: use --trajectory-batch 1 --refresh-every 1")
+        if self.sample_with == "trained" and self.refresh_every != 1:
+            raise UserError("--sample-with trained samples afresh every step: add --refresh-every 1")
         for name in ("ddim_steps", "trajectory_batch", "refresh_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
@@ -100,9 +101,10 @@ class ESDTrainer(Trainer):
     def draw_xt(self, k: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """x_t (batch, C, h, w) and its timestep (batch,) for concept k."""
         cfg: ESDConfig = self.config
-        if cfg.sample_with == "trained":  # reference: partial sampling with the current model, every step
+        if cfg.refresh_every == 1:  # reference: a fresh partial trajectory every step, stopped at the drawn step
             step = int(self.randint(cfg.ddim_steps))
-            traj, timesteps = self._trajectories(self.unet, k, batch, stop_after=step)
+            unet = self.unet if cfg.sample_with == "trained" else self.frozen_unet
+            traj, timesteps = self._trajectories(unet, k, batch, stop_after=step)
             return traj[step], timesteps[step].repeat(batch)
         if self.cache_born < 0 or self.step - self.cache_born >= cfg.refresh_every:
             self.cache = {j: self._trajectories(self.frozen_unet, j, cfg.trajectory_batch, None)[0][:-1]
