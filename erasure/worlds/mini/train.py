@@ -141,17 +141,19 @@ class CaptionBank:
         return torch.stack([self.cache[c] for c in captions])
 
 
-def draw_captions(objects, colors, styles, rng: random.Random, p_empty: float) -> tuple[list[str], torch.Tensor]:
-    """Captions for a batch and the labels they name, 0 = unsaid, else index + 1."""
+def draw_captions(objects, colors, styles, rng: random.Random, p_empty: float,
+                  with_labels: bool = True) -> tuple[list[str], torch.Tensor | None]:
+    """Captions for a batch and (if asked) the labels they name, 0 = unsaid, else index + 1."""
     from .world import parse_caption
     captions, labels = [], []
     for o, c, s in zip(objects.tolist(), colors.tolist(), styles.tolist()):
         cap = "" if rng.random() < p_empty else random_caption(o, c, s, rng)
-        said = parse_caption(cap) if cap else {"object": None, "color": None, "style": None}
         captions.append(cap)
-        labels.append([0 if said["object"] is None else o + 1, 0 if said["color"] is None else c + 1,
-                       0 if said["style"] is None else s + 1])
-    return captions, torch.tensor(labels)
+        if with_labels:
+            said = parse_caption(cap) if cap else {"object": None, "color": None, "style": None}
+            labels.append([0 if said["object"] is None else o + 1, 0 if said["color"] is None else c + 1,
+                           0 if said["style"] is None else s + 1])
+    return captions, (torch.tensor(labels) if with_labels else None)
 
 
 def train_text_encoder(steps: int, bank: CaptionBank, device: torch.device, seed: int = 3):
@@ -320,7 +322,7 @@ class UNetRun:
         mean, std = self.cache["mean"][idx].to(dev), self.cache["std"][idx].to(dev)
         latents = (mean + std * torch.randn(mean.shape, generator=self.gen).to(dev)) * self.scale
         captions, _ = draw_captions(self.cache["objects"][idx], self.cache["colors"][idx], self.cache["styles"][idx],
-                                    self.rng, p_empty=0.1)
+                                    self.rng, p_empty=0.1, with_labels=False)
         with torch.no_grad():
             cond = self.te(self.bank.ids(captions).to(dev)).last_hidden_state
         noise = torch.randn(latents.shape, generator=self.gen).to(dev)
@@ -340,8 +342,7 @@ class UNetRun:
         self.opt.step()
         decay = min(a.ema, (1 + self.step - self.warmup_from) / (10 + self.step - self.warmup_from))
         with torch.no_grad():
-            for pe, p in zip(self.ema.parameters(), self.unet.parameters()):
-                pe.lerp_(p, 1 - decay)
+            torch._foreach_lerp_(list(self.ema.parameters()), list(self.unet.parameters()), 1 - decay)
         self.step += 1
         return loss.item()
 
@@ -374,6 +375,7 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
     args.batch_size = args.batch_size or (512 if device.type == "cuda" else 64)
     stages = set(args.stages.split(","))
     args.workdir.mkdir(parents=True, exist_ok=True)
