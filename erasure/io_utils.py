@@ -6,6 +6,7 @@ no pickles anywhere.
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import os
@@ -78,3 +79,18 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
         idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = value
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def python_rng_state(rng) -> dict:
+    """A `random.Random`'s state as JSON-able data."""
+    version, internal, gauss = rng.getstate()
+    return {"version": version, "internal": list(internal), "gauss": gauss}
+
+
+def set_python_rng_state(rng, data) -> None:
+    """Inverse of `python_rng_state`; also reads the repr() string older MiniSD checkpoints wrote."""
+    if isinstance(data, str):
+        version, internal, gauss = ast.literal_eval(data)
+    else:
+        version, internal, gauss = data["version"], data["internal"], data["gauss"]
+    rng.setstate((version, tuple(internal), gauss))

@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from ..config import EraseConfig
 from ..errors import UserError
 from ..io import base_tensors, hash_tensors, save_erasure
-from ..io_utils import load_tensors, optimizer_from_tensors, optimizer_to_tensors, save_tensors, write_json
+from ..io_utils import (load_tensors, optimizer_from_tensors, optimizer_to_tensors, python_rng_state, save_tensors,
+                        set_python_rng_state, write_json)
 from ..models import load_pipeline, pick_device, resolve_model
 from ..targets import select_parameters
 
@@ -109,8 +110,7 @@ class Trainer:
         tensors["rng.torch"] = torch.get_rng_state()
         save_tensors(ckpt / "state.safetensors", tensors)
         write_json(ckpt / "state.json", {"step": self.step, "config": self.config.to_dict(), "optimizer": opt_meta,
-                                         "python_rng": list(self.rng.getstate()[1]), "python_rng_version": self.rng.getstate()[0],
-                                         "python_rng_gauss": self.rng.getstate()[2]})
+                                         "python_rng": python_rng_state(self.rng)})
 
     def load_checkpoint(self, out_dir: Path) -> None:
         ckpt = out_dir / CHECKPOINT_DIR
@@ -131,7 +131,7 @@ class Trainer:
         self.load_extra_state({k[6:]: v for k, v in tensors.items() if k.startswith("extra.")})
         self.generator.set_state(tensors["rng.generator"].cpu())
         torch.set_rng_state(tensors["rng.torch"].cpu())
-        self.rng.setstate((meta["python_rng_version"], tuple(meta["python_rng"]), meta["python_rng_gauss"]))
+        set_python_rng_state(self.rng, meta["python_rng"])
         self.step = meta["step"]
 
     # ----------------------------------------------------------------- the loop

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ...io_utils import (atomic_path, load_tensors, optimizer_from_tensors, optimizer_to_tensors,
-                         save_tensors, write_json)
+from ...io_utils import (load_tensors, optimizer_from_tensors, optimizer_to_tensors, python_rng_state, save_tensors,
+                         set_python_rng_state, write_json)
 from . import nets
 from .world import COLORS, OBJECTS, STYLES, random_caption, render, sample_scene
 
@@ -291,7 +291,7 @@ class UNetRun:
         self.ckpt.mkdir(parents=True, exist_ok=True)
         save_tensors(self.ckpt / "state.safetensors", tensors)
         write_json(self.ckpt / "state.json", {"step": self.step, "warmup_from": self.warmup_from, "optimizer": opt_meta,
-                                              "python_rng": repr(self.rng.getstate())})
+                                              "python_rng": python_rng_state(self.rng)})
 
     def load_checkpoint(self) -> bool:
         if not (self.ckpt / "state.json").exists():
@@ -303,7 +303,7 @@ class UNetRun:
         optimizer_from_tensors(self.opt, tensors, meta["optimizer"])
         torch.set_rng_state(tensors["rng.torch"].cpu())
         self.gen.set_state(tensors["rng.gen"].cpu())
-        self.rng.setstate(eval(meta["python_rng"], {"__builtins__": {}}))  # a tuple literal we wrote ourselves
+        set_python_rng_state(self.rng, meta["python_rng"])
         self.step, self.warmup_from = meta["step"], meta["warmup_from"]
         return True
 
