@@ -34,7 +34,8 @@ class EraseConfig:
     batch_size: int = doc("samples per step", default=1)
     grad_accum: int = doc("gradient accumulation micro-steps per optimizer step", default=1)
     seed: int = doc("seed for every random draw of the run", default=0)
-    dtype: str = doc("compute precision: auto (bf16 autocast on CUDA, fp32 on CPU), float32, bfloat16", default="auto")
+    dtype: str = doc("precision: auto (bfloat16 on CUDA, float32 elsewhere), float32, or bfloat16 (autocast, frozen "
+                     "weights in bf16, trained weights kept in fp32)", default="auto")
     device: str = doc("auto, cpu, cuda, cuda:1, ...", default="auto")
     attention: str = doc("attention backend: auto (xformers on CUDA if installed, else SDPA), xformers, sdpa", default="auto")
     checkpoint_every: int = doc("save a resumable checkpoint every N steps (0 = never)", default=100)
@@ -50,8 +51,10 @@ class EraseConfig:
             raise UserError(f"--lr must be positive (got {self.lr})")
         if self.checkpoint_every < 0:
             raise UserError("--checkpoint-every must be >= 0")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise UserError(f"unknown dtype '{self.dtype}'; choose auto, float32, bfloat16 or float16")
+        if self.dtype == "float16":
+            raise UserError("float16 training needs loss scaling, which erasure does not do; use --dtype bfloat16")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise UserError(f"unknown dtype '{self.dtype}'; choose auto, float32 or bfloat16")
         if self.attention not in ("auto", "xformers", "sdpa"):
             raise UserError(f"unknown attention backend '{self.attention}'; choose auto, xformers or sdpa")
         from .targets import TARGETS, target_names

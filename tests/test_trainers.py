@@ -112,6 +112,7 @@ def test_esd_target_is_the_papers_equation(tiny_sd_dir):
     ({"target": "esd-z"}, "unknown weight preset 'esd-z'"),
     ({"sample_with": "both"}, "--sample-with must be frozen or trained"),
     ({"sample_with": "trained"}, "--sample-with trained samples afresh every step"),
+    ({"dtype": "float16"}, "float16 training needs loss scaling"),
 ])
 def test_bad_settings_are_one_line_errors(settings, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(")):
@@ -170,3 +171,15 @@ def test_esd_variants_train_and_differ_from_the_base(extra, tiny_sd_dir, tmp_pat
     before = {k: v.detach().clone() for k, v in trainer.trainable.items()}
     trainer.train(tmp_path / "out")
     assert any(not torch.equal(before[k], v) for k, v in trainer.trainable.items())
+
+
+def test_bf16_keeps_trained_weights_fp32_and_frozen_ones_bf16(tiny_sd_dir, tmp_path):
+    trainer = trainer_for(make_config("esd-x-strict", tiny_sd_dir, steps=2, dtype="bfloat16"))
+    assert all(p.dtype == torch.float32 for p in trainer.trainable.values())
+    frozen = [p for n, p in trainer.unet.named_parameters() if f"unet.{n}" not in trainer.trainable]
+    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
+    assert next(trainer.frozen_unet.parameters()).dtype == torch.bfloat16
+    before = {k: v.detach().clone() for k, v in trainer.trainable.items()}
+    trainer.train(tmp_path / "out")
+    assert any(not torch.equal(before[k], v) for k, v in trainer.trainable.items())
+    assert ErasedPipeline.from_pretrained(tmp_path / "out").unet.dtype == torch.float32

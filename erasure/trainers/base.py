@@ -43,7 +43,9 @@ class Trainer:
         self.pipe.to(self.device)
         self.unet, self.text_encoder, self.tokenizer = self.pipe.unet, self.pipe.text_encoder, self.pipe.tokenizer
         self.alphas_cumprod = self.pipe.scheduler.alphas_cumprod.to(self.device)
-        self.use_bf16 = self.device.type == "cuda" and config.dtype in ("auto", "bfloat16")
+        # bf16: autocast, frozen weights stored in bf16, trained tensors kept in fp32 (master weights).
+        # "auto" means bf16 on CUDA and fp32 elsewhere.
+        self.use_bf16 = config.dtype == "bfloat16" or (config.dtype == "auto" and self.device.type == "cuda")
         torch.manual_seed(config.seed)
         self.generator = torch.Generator().manual_seed(config.seed)  # every random draw of the run
         self.rng = random.Random(config.seed)
@@ -55,6 +57,11 @@ class Trainer:
         self.trainable = self.select_trainable(models)
         for p in self.trainable.values():
             p.requires_grad_(True)
+        if self.use_bf16:
+            for m in [*models.values(), self.pipe.vae]:
+                for p in m.parameters():
+                    if not p.requires_grad:
+                        p.data = p.data.to(torch.bfloat16)
         self.base_hash = hash_tensors(base_tensors(self.pipe, list(self.trainable)))
         self.optimizer = self.make_optimizer()
         self.setup()
@@ -86,8 +93,7 @@ class Trainer:
     def frozen_copy(self, module: torch.nn.Module, dtype: torch.dtype | None = None) -> torch.nn.Module:
         """A no-grad copy of `module` as it is now (the original model θ*)."""
         frozen = copy.deepcopy(module).requires_grad_(False).eval()
-        if dtype is None and self.config.dtype == "bfloat16" and self.device.type == "cuda":
-            dtype = torch.bfloat16
+        dtype = dtype or (torch.bfloat16 if self.use_bf16 else None)
         return frozen.to(dtype=dtype) if dtype is not None else frozen
 
     def autocast(self):
