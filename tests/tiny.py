@@ -3,16 +3,24 @@ small enough that a test trains and samples in seconds on a CPU. 64x64 images (4
 so the MiniSD judge can read them."""
 from __future__ import annotations
 
+import tempfile
+from functools import lru_cache
 from pathlib import Path
 
 import torch
+
+
+@lru_cache(maxsize=1)
+def tiny_tokenizer_dir() -> Path:
+    """The real CLIP tokenizer, built from open_clip's BPE file (independent of MiniSD's weights)."""
+    from erasure.worlds.mini.tokenizer import build_clip_tokenizer_files
+    return build_clip_tokenizer_files(Path(tempfile.mkdtemp(prefix="clip_tok_")))
 
 
 def build_tiny_pipeline(seed: int = 0):
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from erasure.models import MINISD_PATH
     from erasure.worlds.mini.nets import SCHEDULER_CONFIG
 
     torch.manual_seed(seed)
@@ -26,7 +34,7 @@ def build_tiny_pipeline(seed: int = 0):
     text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=64, projection_dim=32,
                                                 num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
                                                 bos_token_id=49406, eos_token_id=49407, pad_token_id=49407))
-    tokenizer = CLIPTokenizer.from_pretrained(Path(MINISD_PATH) / "tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_tokenizer_dir())
     return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=DDIMScheduler(**SCHEDULER_CONFIG), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
