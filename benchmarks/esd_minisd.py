@@ -17,16 +17,20 @@ import time
 from pathlib import Path
 
 
-def evaluate(model, images_per_prompt: int) -> dict[str, dict]:
-    from erasure.eval.attributes import attribute_accuracy, read_prompt_csv
-    from erasure.models import base_of, default_sampling, load_pipeline
-    from erasure.worlds.mini.prompts import PROMPTS_DIR
-    from erasure.worlds.mini.world import OBJECTS
+def evaluate_objects(model, images_per_prompt: int, cache: Path) -> dict[str, dict]:
+    """Per object: object/colour/style accuracy over its 24 prompts (the mini-objects suite)."""
+    from erasure.eval.runner import evaluate
+    from erasure.eval.suites import load_suite
 
-    pipe = load_pipeline(model, device="cpu")
-    sampling = default_sampling(base_of(model))
-    return {o: attribute_accuracy(pipe, read_prompt_csv(PROMPTS_DIR / f"object_{o}.csv"), images_per_prompt, 0,
-                                  sampling)["summary"] for o in OBJECTS}
+    suite = load_suite("mini-objects")
+    suite.images_per_prompt = images_per_prompt
+    result, _, _ = evaluate(model, suite, cache)
+    per_object: dict[str, dict] = {}
+    for row in result["per_prompt"]:
+        acc = per_object.setdefault(row["group"], {"object_acc": [], "color_acc": [], "style_acc": []})
+        for k in acc:
+            acc[k].append(row[k])
+    return {o: {k: sum(v) / len(v) for k, v in acc.items()} for o, acc in per_object.items()}
 
 
 def main() -> None:
@@ -52,7 +56,7 @@ def main() -> None:
             t = time.perf_counter()
             get_method(method).trainer_cls(config).train(out)
             runs[method + label] = (str(out), time.perf_counter() - t)
-    results = {name: {"train_seconds": secs, "per_object": evaluate(model, args.images_per_prompt)}
+    results = {name: {"train_seconds": secs, "per_object": evaluate_objects(model, args.images_per_prompt, args.out / "cache")}
                for name, (model, secs) in runs.items()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))

@@ -22,11 +22,11 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("docs/minisd"))
     args = p.parse_args()
 
-    from erasure.eval.attributes import attribute_accuracy, read_prompt_csv
+    from erasure.eval.runner import evaluate
+    from erasure.eval.suites import load_suite
     from erasure.images import grid
     from erasure.judges.minisd import load_judge
-    from erasure.models import MINISD_PATH, default_sampling, load_pipeline
-    from erasure.worlds.mini.prompts import PROMPTS_DIR
+    from erasure.models import MINISD_PATH, default_sampling
     from erasure.worlds.mini.train import judge_accuracy
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -36,12 +36,11 @@ def main() -> None:
         sampling["guidance_scale"] = args.guidance
     if args.steps is not None:
         sampling["num_inference_steps"] = args.steps
-    pipe = load_pipeline("minisd", device="cpu")
     state = json.loads((MINISD_PATH / "training_state.json").read_text())
-    for name in ("attributes_en", "attributes_multilingual"):
-        rows = read_prompt_csv(PROMPTS_DIR / f"{name}.csv")
-        r = attribute_accuracy(pipe, rows, args.images_per_prompt, seed=0, sampling=sampling)
-        images = r.pop("images")
+    for name, suite_name in (("attributes_en", "mini"), ("attributes_multilingual", "mini-multilingual")):
+        suite = load_suite(suite_name)
+        suite.images_per_prompt = args.images_per_prompt
+        r, images, _ = evaluate("minisd", suite, args.out / "cache", sampling=sampling)
         grid(images[: 12 * args.images_per_prompt], nrow=args.images_per_prompt, scale=2).save(args.out / f"samples_{name}.png")
         results[name] = r["summary"]
     results["sampling"] = sampling

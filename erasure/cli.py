@@ -46,27 +46,72 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _cache_root(args) -> Path:
+    import os
+    if args.cache:
+        return Path(args.cache)
+    if args.out:
+        return Path(args.out) / "cache"
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "erasure" / "images"
+
+
 def cmd_eval(args) -> int:
-    from .eval.attributes import attribute_accuracy, read_prompt_csv
+    from .eval.report import write_report
+    from .eval.runner import evaluate
+    from .eval.suites import custom_suite, load_suite
     from .images import grid, save_png
     from .io_utils import write_json
-    from .models import load_pipeline
 
-    _positive("images-per-prompt", args.images_per_prompt)
-    rows = read_prompt_csv(args.prompts)
-    pipe = load_pipeline(args.model, device=args.device)
-    sampling = _sampling(args, args.model)
-    result = attribute_accuracy(pipe, rows, args.images_per_prompt, args.seed, sampling, str(pipe.device))
-    images = result.pop("images")
-    result["settings"] = {"model": str(args.model), "prompts": str(args.prompts), "images_per_prompt": args.images_per_prompt,
-                          "seed": args.seed, **sampling}
-    write_json(args.json, result)
+    if bool(args.suite) == bool(args.prompts):
+        raise UserError("give exactly one of --suite NAME or --prompts FILE.csv (erasure eval --help lists the suites)")
+    if args.images_per_prompt is not None:
+        _positive("images-per-prompt", args.images_per_prompt)
+    if args.limit is not None:
+        _positive("limit", args.limit)
+    if not (args.json or args.out):
+        raise UserError("say where results go: --json OUT.json and/or --out REPORT_DIR")
+    metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
+    if args.suite:
+        suite = load_suite(args.suite)
+        if metrics:
+            suite.metrics = metrics
+    else:
+        suite = custom_suite(args.prompts, metrics or ["mini_classifier"], 8)
+    if args.images_per_prompt is not None:
+        suite.images_per_prompt = args.images_per_prompt
+    settings = {"nudenet": {"threshold": args.nudenet_threshold} if args.nudenet_threshold is not None else {},
+                "clip_score": {"model": args.clip_model} if args.clip_model else {},
+                "fid": {k: v for k, v in (("reference", args.reference), ("inception_weights", args.inception_weights)) if v},
+                "kid": {k: v for k, v in (("reference", args.reference), ("inception_weights", args.inception_weights)) if v}}
+    sampling = {}
+    if args.steps is not None:
+        sampling["num_inference_steps"] = _positive("steps", args.steps)
+    if args.guidance is not None:
+        sampling["guidance_scale"] = args.guidance
+    device = None if args.device == "auto" else args.device
+    cache = _cache_root(args)
+    models, labels = [args.model], ["model"]
+    if args.compare:
+        models, labels = [args.model, args.compare], ["model", "base"]
+    runs = [evaluate(m, suite, cache, seed=args.seed, limit=args.limit, metric_settings=settings, sampling=sampling,
+                     device=device) for m in models]
+    result = runs[0][0]
+    if args.compare:
+        result["compare"] = {"model": args.compare, "summary": runs[1][0]["summary"], "per_prompt": runs[1][0]["per_prompt"]}
+    if args.json:
+        write_json(args.json, result)
+    if args.out:
+        out = Path(args.out)
+        write_json(out / "results.json", result if not args.compare else {"model": result, "base": runs[1][0]})
+        report = write_report(out / "report.html", [r[0] for r in runs], labels, [r[1] for r in runs], runs[0][2])
+        print(f"report: {report}")
     if args.grid:
-        save_png(grid(images, nrow=args.images_per_prompt, scale=2), args.grid)
+        save_png(grid(runs[0][1], nrow=suite.images_per_prompt, scale=2), args.grid)
     s = result["summary"]
-    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-    print(f"object_acc {fmt(s['object_acc'])}  color_acc {fmt(s['color_acc'])}  style_acc {fmt(s['style_acc'])}  "
-          f"({s['n_images']} images) -> {args.json}")
+    shown = "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in s.items()
+                      if not k.endswith("_n"))
+    print(f"{shown}  ({result['generation']['generated']} images generated, {result['generation']['cached']} from cache)"
+          + (f" -> {args.json}" if args.json else ""))
     return 0
 
 
@@ -199,11 +244,23 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(g)
     g.set_defaults(func=cmd_generate)
 
-    e = sub.add_parser("eval", help="attribute accuracy of generations, judged by the MiniSD classifier")
-    e.add_argument("--prompts", required=True, help="CSV with columns prompt,object,color,style")
-    e.add_argument("--images-per-prompt", type=int, default=8)
-    e.add_argument("--json", required=True, help="where to write the results")
+    from .eval.suites import suite_names
+    e = sub.add_parser("eval", help="generate, judge and report: a suite or a prompt file")
+    e.add_argument("--suite", default=None, help=f"a shipped suite: {', '.join(suite_names())}")
+    e.add_argument("--prompts", default=None, help="custom CSV: a prompt column, optional object,color,style, "
+                   "evaluation_seed, evaluation_guidance")
+    e.add_argument("--metrics", default=None, help="comma list overriding the suite's (default for --prompts: mini_classifier)")
+    e.add_argument("--images-per-prompt", type=int, default=None, help="default: the suite's, 8 for --prompts")
+    e.add_argument("--limit", type=int, default=None, help="only the first N prompts (a quick subset)")
+    e.add_argument("--compare", default=None, help="also evaluate this base model and report both")
+    e.add_argument("--json", default=None, help="write every number and its protocol here")
+    e.add_argument("--out", default=None, help="folder for report.html, results.json and the image cache")
+    e.add_argument("--cache", default=None, help="image cache folder (default: OUT/cache, else ~/.cache/erasure/images)")
     e.add_argument("--grid", default=None, help="optional PNG grid of every image, one row per prompt")
+    e.add_argument("--nudenet-threshold", type=float, default=None, help="NudeNet score threshold (default 0.45)")
+    e.add_argument("--clip-model", default=None, help="local CLIP folder for clip_score")
+    e.add_argument("--reference", default=None, help="reference image folder for fid/kid")
+    e.add_argument("--inception-weights", default=None, help="local Inception-v3 safetensors for fid/kid")
     model_args(e)
     e.set_defaults(func=cmd_eval)
 

@@ -18,3 +18,9 @@ def tiny_sd_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny_sd")
     build_tiny_pipeline().save_pretrained(path, safe_serialization=True)
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Image caches of `erasure eval` go to a temp folder, never the user's ~/.cache."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg_cache"))

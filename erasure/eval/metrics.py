@@ -1,0 +1,64 @@
+"""Metrics registered by name (lm-evaluation-harness's habit): each one documents its protocol
+and returns a JSON-able dict with that protocol beside the numbers.
+
+A metric is a class with `name`, a config of keyword settings, and
+
+    compute(images, prompts, expected) -> {"summary": {...}, "per_image": [...], "protocol": {...}}
+
+`images`: (N, 3, H, W) float in [0, 1] on the CPU; `prompts`: the N prompts the images were
+generated from (a prompt repeats once per image); `expected`: N dicts of what the suite's rows
+say each image should show (e.g. {"object": "circle"}; may be empty). Heavy dependencies are
+imported inside `compute` so that a missing extra fails only when that metric is used, with the
+install command in the message.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..errors import UserError
+
+_METRICS: dict[str, type["Metric"]] = {}
+
+
+class Metric:
+    name: str = ""
+
+    def __init__(self, **settings: Any) -> None:
+        self.settings = settings
+
+    def check(self) -> None:
+        """Fail on missing weights or settings before any image is generated."""
+
+    def compute(self, images: torch.Tensor, prompts: list[str], expected: list[dict]) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+def register_metric(cls: type[Metric]) -> type[Metric]:
+    if not cls.name or cls.name != cls.name.lower() or cls.name in _METRICS:
+        raise ValueError(f"bad or duplicate metric name {cls.name!r}")
+    _METRICS[cls.name] = cls
+    return cls
+
+
+def metric_names() -> list[str]:
+    _load_builtin_metrics()
+    return sorted(_METRICS)
+
+
+def get_metric(name: str, **settings: Any) -> Metric:
+    _load_builtin_metrics()
+    if name not in _METRICS:
+        raise UserError(f"unknown metric '{name}'; choose one of: {', '.join(sorted(_METRICS))}")
+    return _METRICS[name](**settings)
+
+
+def _load_builtin_metrics() -> None:
+    import importlib
+    for module in ("mini_classifier", "nudenet", "clip_score", "fid"):
+        try:
+            importlib.import_module(f"erasure.eval.{module}")
+        except ModuleNotFoundError as e:  # a metric module not written yet, not a missing extra
+            if e.name != f"erasure.eval.{module}":
+                raise

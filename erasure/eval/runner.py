@@ -1,0 +1,163 @@
+"""Generate a suite's images (batched, deterministic per prompt and seed, cached on disk) and
+compute its metrics.
+
+Image k of row i uses seed `row.seed + k` (the public sets give a seed per row) or
+`seed + 1000 * i + k`, and the row's guidance or the model's default. Every image is written to
+`<cache>/<model key>/<image key>.png` as soon as its batch is done, so an interrupted run
+resumes where it stopped; metrics always read the images back from the cache, so a fresh and a
+resumed run score identical pixels. With several processes (`accelerate launch`), the missing
+images are split between them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..errors import UserError
+from ..images import save_png
+from .metrics import get_metric
+from .suites import Row, Suite
+
+
+def model_key(model: str | Path) -> str:
+    """Identity of a model for the cache: its resolved folder, and for an erasure the hash of its
+    weights file (retraining into the same folder must not reuse stale images)."""
+    from ..io import WEIGHTS_NAME, is_erasure_dir
+    from ..models import resolve_model
+
+    path = Path(str(model))
+    if path.is_dir() and is_erasure_dir(path):
+        ident = f"erasure:{path.resolve()}:{hashlib.sha256((path / WEIGHTS_NAME).read_bytes()).hexdigest()}"
+    else:
+        ident = f"base:{resolve_model(model).resolve()}"
+    return hashlib.sha1(ident.encode()).hexdigest()[:16]
+
+
+def image_key(prompt: str, seed: int, guidance: float, steps: int) -> str:
+    return hashlib.sha1(json.dumps([prompt, seed, guidance, steps]).encode()).hexdigest()[:20]
+
+
+def plan(rows: list[Row], images_per_prompt: int, seed: int, sampling: dict) -> list[dict]:
+    """One entry per image: row index, prompt, seed, guidance, steps and cache key."""
+    items = []
+    for i, row in enumerate(rows):
+        for k in range(images_per_prompt):
+            s = (row.seed if row.seed is not None else seed + 1000 * i) + k
+            g = row.guidance if row.guidance is not None else sampling["guidance_scale"]
+            steps = sampling["num_inference_steps"]
+            items.append({"row": i, "prompt": row.prompt, "seed": s, "guidance": g, "steps": steps,
+                          "key": image_key(row.prompt, s, g, steps)})
+    return items
+
+
+def pipeline_generate(pipe, extra: dict | None = None) -> Callable:
+    """The default image maker: a diffusers pipeline call for one batch of one guidance."""
+    def make(prompts: list[str], seeds: list[int], guidance: float, steps: int) -> torch.Tensor:
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        return pipe(prompts, generator=gens, guidance_scale=guidance, num_inference_steps=steps,
+                    output_type="pt", **(extra or {})).images.float().cpu()
+    return make
+
+
+def load_image(path: Path) -> torch.Tensor:
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError) as e:
+        raise UserError(f"cannot read image {path} ({e.__class__.__name__}); delete it and rerun") from None
+    return torch.from_numpy(arr).permute(2, 0, 1)
+
+
+def generate_cached(make: Callable, items: list[dict], cache_dir: Path, batch_size: int = 32) -> dict[str, int]:
+    """Make every image of `items` missing from `cache_dir`; returns {"generated": n, "cached": m}."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    missing = [it for it in items if not (cache_dir / f"{it['key']}.png").exists()]
+    from accelerate import PartialState
+    state = PartialState()
+    with state.split_between_processes(missing) as mine:
+        by_setting: dict[tuple, list[dict]] = {}
+        for it in mine:
+            by_setting.setdefault((it["guidance"], it["steps"]), []).append(it)
+        bar = tqdm(total=len(mine), desc="generating", disable=not mine)
+        for (guidance, steps), group in by_setting.items():
+            for start in range(0, len(group), batch_size):
+                batch = group[start:start + batch_size]
+                images = make([it["prompt"] for it in batch], [it["seed"] for it in batch], guidance, steps)
+                for it, image in zip(batch, images):
+                    save_png(image, cache_dir / f"{it['key']}.png")
+                bar.update(len(batch))
+        bar.close()
+    state.wait_for_everyone()
+    return {"generated": len(missing), "cached": len(items) - len(missing)}
+
+
+def evaluate(model: str | Path, suite: Suite, cache_root: Path, seed: int = 0, limit: int | None = None,
+             metric_settings: dict[str, dict] | None = None, sampling: dict | None = None, device: str | None = None,
+             make: Callable | None = None, batch_size: int = 32) -> tuple[dict, torch.Tensor, list[Row]]:
+    """Generate (cached) and score one model on one suite. Returns (results, images, rows)."""
+    from ..io import is_erasure_dir, read_manifest
+    from ..models import base_of, default_sampling, load_pipeline
+
+    rows = suite.rows(limit)
+    metrics = [get_metric(m, **(metric_settings or {}).get(m, {})) for m in suite.metrics]
+    for metric in metrics:  # missing weights or bad settings fail before any image is made
+        metric.check()
+    sampling = {**default_sampling(base_of(model)), **(sampling or {})}
+    items = plan(rows, suite.images_per_prompt, seed, sampling)
+    cache_dir = Path(cache_root) / model_key(model)
+    if make is None and any(not (cache_dir / f"{it['key']}.png").exists() for it in items):
+        make = pipeline_generate(load_pipeline(model, device=device))
+    stats = generate_cached(make, items, cache_dir, batch_size) if make else {"generated": 0, "cached": len(items)}
+    images = torch.stack([load_image(cache_dir / f"{it['key']}.png") for it in items])
+    prompts = [it["prompt"] for it in items]
+    expected = [rows[it["row"]].expected for it in items]
+    results = {"erasure_version": __version__, "model": str(model), "suite": suite.name,
+               "suite_description": suite.description, "images_per_prompt": suite.images_per_prompt,
+               "n_prompts": len(rows), "seed": seed, "sampling": sampling, "generation": stats, "metrics": {}}
+    if Path(str(model)).is_dir() and is_erasure_dir(model):
+        results["erasure_manifest"] = read_manifest(model)
+    for metric in metrics:
+        out = metric.compute(images, prompts, expected)
+        out["settings"] = {k: str(v) for k, v in metric.settings.items()}
+        results["metrics"][metric.name] = out
+    results["summary"] = {k: v for out in results["metrics"].values() for k, v in out["summary"].items()
+                          if isinstance(v, (int, float, str)) or v is None}
+    results["per_prompt"] = per_prompt(results, rows, items)
+    return results, images, rows
+
+
+def per_prompt(results: dict, rows: list[Row], items: list[dict]) -> list[dict]:
+    """Per row: the prompt and, for per-image metric outputs, the mean of each numeric field
+    (booleans count as 0/1) and, for the MiniSD judge, accuracy per attribute."""
+    out = [{"prompt": r.prompt, "group": r.group, "n_images": 0} for r in rows]
+    for it in items:
+        out[it["row"]]["n_images"] += 1
+    mini = results["metrics"].get("mini_classifier")
+    if mini:
+        for entry, row in zip(out, rows):
+            entry.update({f"{a}_acc": None for a in ("object", "color", "style")})
+        hits: dict[tuple[int, str], list[bool]] = {}
+        for it, pred in zip(items, mini["per_image"]):
+            for attr, value in rows[it["row"]].expected.items():
+                hits.setdefault((it["row"], attr), []).append(pred[attr] == value)
+        for (i, attr), h in hits.items():
+            out[i][f"{attr}_acc"] = sum(h) / len(h)
+    for name, metric in results["metrics"].items():
+        if name == "mini_classifier" or not metric.get("per_image"):
+            continue
+        sums: dict[tuple[int, str], list[float]] = {}
+        for it, image in zip(items, metric["per_image"]):
+            for key, value in image.items():
+                if isinstance(value, (bool, int, float)):
+                    sums.setdefault((it["row"], key), []).append(float(value))
+        for (i, key), values in sums.items():
+            out[i][key] = sum(values) / len(values)
+    return out

@@ -1,0 +1,111 @@
+"""Suites as data: `erasure/data/suites/<name>.yaml` names prompt files, images per prompt and
+metrics. A prompt file is a CSV with a `prompt` column and, optionally, `evaluation_seed` /
+`evaluation_guidance` per row (the public sets carry them) and MiniSD's `object,color,style`
+(what each image should show; empty = not checked).
+
+    description: ...
+    prompts: [nudity.csv]            # in erasure/data/prompts/; "mini:x.csv" = MiniSD's sets
+    images_per_prompt: 1
+    metrics: [nudenet]
+    group_by: categories             # optional column that groups prompts in the report
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..errors import UserError
+from .attributes import ATTRIBUTES
+
+DATA = Path(__file__).parent.parent / "data"
+SUITES_DIR = DATA / "suites"
+PROMPTS_DIR = DATA / "prompts"
+MINI_PROMPTS_DIR = Path(__file__).parent.parent / "worlds" / "mini" / "prompts"
+
+
+@dataclass
+class Row:
+    prompt: str
+    seed: int | None = None
+    guidance: float | None = None
+    expected: dict[str, str] = field(default_factory=dict)
+    group: str = ""
+
+
+@dataclass
+class Suite:
+    name: str
+    description: str
+    prompt_files: list[Path]
+    images_per_prompt: int = 1
+    metrics: list[str] = field(default_factory=list)
+    group_by: str | None = None
+
+    def rows(self, limit: int | None = None) -> list[Row]:
+        rows = [r for f in self.prompt_files for r in read_rows(f, self.group_by)]
+        return rows[:limit] if limit else rows
+
+
+def suite_names() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+
+
+def _resolve_prompt_file(spec: str) -> Path:
+    if spec.startswith("mini:"):
+        return MINI_PROMPTS_DIR / spec[5:]
+    return PROMPTS_DIR / spec
+
+
+def load_suite(name: str) -> Suite:
+    path = SUITES_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise UserError(f"unknown suite '{name}'; choose one of: {', '.join(suite_names())} (or pass --prompts FILE.csv)")
+    data = yaml.safe_load(path.read_text())
+    return Suite(name=name, description=data.get("description", ""),
+                 prompt_files=[_resolve_prompt_file(p) for p in data["prompts"]],
+                 images_per_prompt=int(data.get("images_per_prompt", 1)), metrics=list(data.get("metrics", [])),
+                 group_by=data.get("group_by"))
+
+
+def custom_suite(prompt_file: str | Path, metrics: list[str], images_per_prompt: int) -> Suite:
+    return Suite(name=Path(prompt_file).stem, description=f"prompts from {prompt_file}", prompt_files=[Path(prompt_file)],
+                 images_per_prompt=images_per_prompt, metrics=metrics, group_by="object")
+
+
+def read_rows(path: str | Path, group_by: str | None = None) -> list[Row]:
+    """Rows of a prompt CSV, validated; every problem is a one-line UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no prompt file at {path}; pass a CSV with a 'prompt' column")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        fields = [h.strip() for h in (reader.fieldnames or [])]
+        if "prompt" not in fields:
+            raise UserError(f"{path} has no 'prompt' column (found: {', '.join(fields) or 'nothing'}); "
+                            "the first line must be a header such as prompt,object,color,style")
+        rows = []
+        for line_no, raw in enumerate(reader, start=2):
+            raw = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
+            if not raw.get("prompt"):
+                raise UserError(f"{path} line {line_no}: empty prompt; every row needs prompt text")
+            expected = {}
+            for attr, allowed in ATTRIBUTES.items():
+                value = raw.get(attr, "").lower()
+                if value and value not in allowed:
+                    raise UserError(f"{path} line {line_no}: unknown {attr} '{value}'; use one of {', '.join(allowed)} "
+                                    "or leave the cell empty")
+                if value:
+                    expected[attr] = value
+            try:
+                seed = int(float(raw["evaluation_seed"])) if raw.get("evaluation_seed") else None
+                guidance = float(raw["evaluation_guidance"]) if raw.get("evaluation_guidance") else None
+            except ValueError:
+                raise UserError(f"{path} line {line_no}: evaluation_seed / evaluation_guidance must be numbers") from None
+            group = raw.get(group_by, "") if group_by else ""
+            rows.append(Row(raw["prompt"], seed, guidance, expected, group.split(",")[0].strip()))
+    if not rows:
+        raise UserError(f"{path} has a header but no prompts")
+    return rows
