@@ -73,8 +73,10 @@ def write_report(path: str | Path, results: list[dict], labels: list[str], image
     for k in keys:
         vals = [r["summary"].get(k) for r in results]
         cells = "".join(f"<td>{_fmt(v)}</td>" for v in vals)
-        if len(vals) == 2 and all(isinstance(v, (int, float)) for v in vals):
+        if len(vals) == 2 and all(isinstance(v, float) for v in vals):
             cells += f"<td>{vals[0] - vals[1]:+.3f}</td>"
+        elif len(vals) == 2:
+            cells += "<td></td>"
         body += f"<tr><th>{html.escape(k)}</th>{cells}</tr>"
 
     sections = []
