@@ -206,8 +206,10 @@ def build_latent_cache(vae, n: int, device: torch.device, seed: int = 4) -> dict
 
 # ----------------------------------------------------------------------------- UNet
 
-EVAL_PROMPTS = [f"a {s} {c} {o}" if s != "plain" else f"a {c} {o}"
-                for i, (o, c) in enumerate((o, c) for o in OBJECTS for c in COLORS) for s in [STYLES[i % 4]]]
+# every prompt names its style ("plain" too): an unnamed style means "any", which the judge
+# would then count as wrong
+EVAL_PROMPTS = [f"a {s} {c} {o}" for i, (o, c) in enumerate((o, c) for o in OBJECTS for c in COLORS)
+                for s in [STYLES[i % 4]]]
 
 
 def export_pipeline(unet, text_encoder, vae, tokenizer_dir: Path, out_dir: Path, state: dict) -> None:
