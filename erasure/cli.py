@@ -5,7 +5,6 @@ Every mistake a user can fix ends as one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

@@ -14,12 +14,6 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str], device: torch.de
     return text_encoder(ids)[0]
 
 
-def encode_prompts_with_grad(tokenizer, text_encoder, prompts: list[str], device) -> torch.Tensor:
-    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids.to(device)
-    return text_encoder(ids)[0]
-
-
 def cfg(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, guidance: float) -> torch.Tensor:
     """Classifier-free guidance: eps_u + w (eps_c - eps_u)."""
     return eps_uncond + guidance * (eps_cond - eps_uncond)

@@ -10,9 +10,14 @@ from ..worlds.mini.world import COLORS, OBJECTS, STYLES
 ATTRIBUTES = {"object": OBJECTS, "color": COLORS, "style": STYLES}
 
 
+def image_seed(seed: int, prompt_index: int, k: int) -> int:
+    """The seed of image k of prompt `prompt_index` when the prompt set gives none."""
+    return seed + 1000 * prompt_index + k
+
+
 def image_generators(seed: int, prompt_index: int, n: int) -> list[torch.Generator]:
     """One generator per image, so an image depends on (seed, prompt, k) and not on batching."""
-    return [torch.Generator().manual_seed(seed + 1000 * prompt_index + k) for k in range(n)]
+    return [torch.Generator().manual_seed(image_seed(seed, prompt_index, k)) for k in range(n)]
 
 
 @torch.no_grad()

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..errors import UserError
 from ..images import save_png
+from .attributes import image_seed
 from .metrics import get_metric
 from .suites import Row, Suite
 
@@ -50,7 +51,7 @@ def plan(rows: list[Row], images_per_prompt: int, seed: int, sampling: dict) -> 
     items = []
     for i, row in enumerate(rows):
         for k in range(images_per_prompt):
-            s = (row.seed if row.seed is not None else seed + 1000 * i) + k
+            s = row.seed + k if row.seed is not None else image_seed(seed, i, k)
             g = row.guidance if row.guidance is not None else sampling["guidance_scale"]
             steps = sampling["num_inference_steps"]
             items.append({"row": i, "prompt": row.prompt, "seed": s, "guidance": g, "steps": steps,
