@@ -26,6 +26,9 @@ def doc(help: str, **kw) -> Any:
 class EraseConfig:
     method: str = doc("registered method name, e.g. esd-x", default="")
     concept: str = doc("concept(s) to erase; several separated by commas: 'circle, star'", default="")
+    concept_prompts: str = doc("prompts that express the concept in training: auto (MiniSD: its captions naming the "
+                               "concept; other models: the concept text), word (the concept text only), or a "
+                               ".txt/.csv prompt file (erasure/concepts.py)", default="auto")
     anchor: str = doc("what the concept should become (methods with an anchor; empty = the method's default)", default="")
     base_model: str = doc("'minisd', a diffusers Stable Diffusion folder, or a cached hub id", default="minisd")
     target: str = doc("weight preset that trains (see erasure/targets.py)", default="")

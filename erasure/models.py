@@ -30,6 +30,11 @@ def _check_sd_folder(path: Path) -> Path:
     return path
 
 
+def is_minisd(path: str | os.PathLike) -> bool:
+    """Whether a resolved model folder is the shipped MiniSD."""
+    return Path(path).resolve() == MINISD_PATH.resolve()
+
+
 def resolve_model(model: str | os.PathLike) -> Path:
     """'minisd' -> the shipped folder; a local folder -> itself (checked); a hub id -> its snapshot
     in the local Hugging Face cache (offline only)."""

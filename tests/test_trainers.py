@@ -99,10 +99,35 @@ def test_esd_target_is_the_papers_equation(tiny_sd_dir):
     t = torch.tensor([500])
     with torch.no_grad():
         eps_0 = trainer.frozen_unet(x, t, encoder_hidden_states=trainer.c_empty).sample
-        eps_f = trainer.frozen_unet(x, t, encoder_hidden_states=trainer.c_forget[:1]).sample
-    trainer.draw_xt = lambda k, b: (x, t)
+        eps_f = trainer.frozen_unet(x, t, encoder_hidden_states=trainer.c_forget[0][:1]).sample
+    trainer.draw_xt = lambda k, b: (x, t, trainer.c_forget[0][:1])
     loss = trainer.compute_loss()
     assert loss.item() == pytest.approx(torch.nn.functional.mse_loss(eps_f, eps_0).item(), rel=1e-5)
+
+
+def test_minisd_concepts_train_on_world_captions_never_on_evaluation_prompts():
+    from erasure.concepts import _mini_eval_prompts, concept_prompts
+    from erasure.worlds.mini.world import parse_caption
+
+    prompts = concept_prompts("circle", "auto", is_minisd=True, n=64)
+    assert prompts[0] == "circle" and len(set(prompts)) == 64
+    assert all(parse_caption(p)["object"] == "circle" for p in prompts)
+    assert any("disk" in p or "round shape" in p or "disc" in p for p in prompts)  # synonyms are expressed
+    assert not set(p.lower() for p in prompts) & _mini_eval_prompts()
+    assert concept_prompts("circle", "auto", is_minisd=False) == ["circle"]  # SD: the papers' recipe
+    assert concept_prompts("circle", "word", is_minisd=True) == ["circle"]
+
+
+def test_concept_prompt_file(tmp_path):
+    from erasure.concepts import concept_prompts
+
+    (tmp_path / "p.txt").write_text("a nude person\n\nnudity\n")
+    assert concept_prompts("nudity", str(tmp_path / "p.txt"), is_minisd=False) == ["a nude person", "nudity"]
+    (tmp_path / "p.csv").write_text("text\nfoo\n")
+    with pytest.raises(UserError, match="has no 'prompt' column"):
+        concept_prompts("nudity", str(tmp_path / "p.csv"), is_minisd=False)
+    with pytest.raises(UserError, match="no file at"):
+        concept_prompts("nudity", str(tmp_path / "missing.txt"), is_minisd=False)
 
 
 @pytest.mark.parametrize("settings, message", [

@@ -22,7 +22,8 @@ from ..errors import UserError
 from ..io import base_tensors, hash_tensors, save_erasure
 from ..io_utils import (load_tensors, optimizer_from_tensors, optimizer_to_tensors, python_rng_state, save_tensors,
                         set_python_rng_state, write_json)
-from ..models import load_pipeline, pick_device, resolve_model
+from ..concepts import concept_prompts
+from ..models import is_minisd, load_pipeline, pick_device, resolve_model
 from ..targets import select_parameters
 
 CHECKPOINT_DIR = "checkpoint"
@@ -98,6 +99,10 @@ class Trainer:
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
+
+    def forget_prompts(self, concept: str) -> list[str]:
+        """The prompts that express `concept` in training (erasure/concepts.py)."""
+        return concept_prompts(concept, self.config.concept_prompts, is_minisd(self.base_path), seed=self.config.seed)
 
     def randint(self, high: int, size: tuple[int, ...] = ()) -> torch.Tensor:
         return torch.randint(0, high, size, generator=self.generator)

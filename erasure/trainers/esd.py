@@ -25,6 +25,10 @@ Where we differ from the reference code, deliberately:
     (x_t, t) pairs are draws from the same distribution). `refresh_every=1` is the
     reference's behaviour: one fresh trajectory per step, run only up to the drawn step.
   * Several concepts at once: each step erases one concept drawn at random.
+  * A concept may be expressed by several prompts (`concept_prompts`, erasure/concepts.py): each
+    trajectory is sampled under one of them, drawn at random, and trained under the same one.
+    With the papers' recipe (`--concept-prompts word`, the default off MiniSD) it is the
+    concept text alone.
 """
 from __future__ import annotations
 
@@ -79,48 +83,56 @@ class ESDTrainer(Trainer):
         self.frozen_unet = self.frozen_copy(self.unet)
         embed = lambda prompts: encode_prompts(self.tokenizer, self.text_encoder, prompts, self.device)  # noqa: E731
         self.c_empty = embed([""])  # (1, 77, D)
-        self.c_forget = embed(cfg.concepts)  # (K, 77, D), one row per concept
+        # per concept, the embeddings of the prompts that express it (erasure/concepts.py): (P_k, 77, D)
+        self.forget_prompt_sets = [self.forget_prompts(c) for c in cfg.concepts]
+        self.c_forget = [embed(prompts) for prompts in self.forget_prompt_sets]
         self.c_from = embed([cfg.erase_from]) if cfg.erase_from else None
         from diffusers import DDIMScheduler
         self.scheduler = DDIMScheduler.from_config(self.pipe.scheduler.config)
         self.latent_shape = (self.unet.config.in_channels, self.unet.config.sample_size, self.unet.config.sample_size)
-        self.cache: dict[int, torch.Tensor] = {}  # concept -> (ddim_steps, B, C, h, w) trajectory latents
+        # concept -> (trajectory latents (ddim_steps, B, C, h, w), the forget prompt of each trajectory (B,))
+        self.cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.cache_born = -1
 
-    def sampling_condition(self, k: int) -> torch.Tensor:
-        return self.c_from if self.c_from is not None else self.c_forget[k:k + 1]
-
-    def _trajectories(self, unet, k: int, batch: int, stop_after: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _trajectories(self, unet, k: int, prompt_ids: torch.Tensor, stop_after: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """DDIM from noise at start_guidance under each trajectory's forget prompt (or c_from)."""
         cfg: ESDConfig = self.config
-        noise = self.randn(batch, *self.latent_shape)
+        cond = self.c_from if self.c_from is not None else self.c_forget[k][prompt_ids.to(self.device)]
+        noise = self.randn(len(prompt_ids), *self.latent_shape)
         with self.autocast():
-            traj, timesteps = ddim_trajectory(unet, self.scheduler, self.sampling_condition(k), self.c_empty, noise,
+            traj, timesteps = ddim_trajectory(unet, self.scheduler, cond, self.c_empty, noise,
                                               cfg.start_guidance, cfg.ddim_steps, stop_after)
         return torch.stack(traj).float(), timesteps
 
-    def draw_xt(self, k: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """x_t (batch, C, h, w) and its timestep (batch,) for concept k."""
+    def draw_xt(self, k: int, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x_t (batch, C, h, w), its timestep (batch,) and its forget-prompt embedding (batch, 77, D)."""
         cfg: ESDConfig = self.config
+        n_prompts = len(self.forget_prompt_sets[k])
         if cfg.refresh_every == 1:  # reference: a fresh partial trajectory every step, stopped at the drawn step
             step = int(self.randint(cfg.ddim_steps))
+            prompt_ids = self.randint(n_prompts, (batch,))
             unet = self.unet if cfg.sample_with == "trained" else self.frozen_unet
-            traj, timesteps = self._trajectories(unet, k, batch, stop_after=step)
-            return traj[step], timesteps[step].repeat(batch)
+            traj, timesteps = self._trajectories(unet, k, prompt_ids, stop_after=step)
+            return traj[step], timesteps[step].repeat(batch), self.c_forget[k][prompt_ids.to(self.device)]
         if self.cache_born < 0 or self.step - self.cache_born >= cfg.refresh_every:
-            self.cache = {j: self._trajectories(self.frozen_unet, j, cfg.trajectory_batch, None)[0][:-1]
-                          for j in range(len(cfg.concepts))}
+            self.cache = {}
+            for j in range(len(cfg.concepts)):
+                prompt_ids = self.randint(len(self.forget_prompt_sets[j]), (cfg.trajectory_batch,))
+                self.cache[j] = (self._trajectories(self.frozen_unet, j, prompt_ids, None)[0][:-1], prompt_ids)
             self.cache_born = self.step
         self.scheduler.set_timesteps(cfg.ddim_steps, device=self.device)
         steps = self.randint(cfg.ddim_steps, (batch,))
         which = self.randint(cfg.trajectory_batch, (batch,))
-        return self.cache[k][steps, which], self.scheduler.timesteps[steps.to(self.device)]
+        latents, prompt_ids = self.cache[k]
+        return (latents[steps, which], self.scheduler.timesteps[steps.to(self.device)],
+                self.c_forget[k][prompt_ids[which].to(self.device)])
 
     def compute_loss(self):
         cfg: ESDConfig = self.config
         k = self.rng.randrange(len(cfg.concepts))
-        x_t, t = self.draw_xt(k, cfg.batch_size)
+        x_t, t, c_f = self.draw_xt(k, cfg.batch_size)
         b = len(x_t)
-        c_f, c_0 = self.c_forget[k:k + 1].expand(b, -1, -1), self.c_empty.expand(b, -1, -1)
+        c_0 = self.c_empty.expand(b, -1, -1)
         c_train = self.c_from.expand(b, -1, -1) if self.c_from is not None else c_f
         with torch.no_grad():  # frozen θ*: eps*(c_0), eps*(c_f) and eps*(c_from) in one batched call
             conds = [c_0, c_f] + ([c_train] if self.c_from is not None else [])
@@ -134,12 +146,14 @@ class ESDTrainer(Trainer):
         return F.mse_loss(pred, target)
 
     def extra_state(self) -> dict[str, torch.Tensor]:
-        state = {f"cache.{k}": v for k, v in self.cache.items()}
+        state = {f"cache.{k}": v for k, (v, _) in self.cache.items()}
+        state |= {f"cache_prompts.{k}": ids for k, (_, ids) in self.cache.items()}
         state["cache_born"] = torch.tensor(self.cache_born)
         return state
 
     def load_extra_state(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.cache = {int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("cache.")}
+        self.cache = {int(k.split(".")[1]): (v, tensors[f"cache_prompts.{k.split('.')[1]}"])
+                      for k, v in tensors.items() if k.startswith("cache.")}
         self.cache_born = int(tensors["cache_born"])
 
 
