@@ -46,12 +46,22 @@ def cmd_generate(args) -> int:
 
 
 def _cache_root(args) -> Path:
-    import os
+    from .io_utils import cache_home
     if args.cache:
         return Path(args.cache)
     if args.out:
         return Path(args.out) / "cache"
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "erasure" / "images"
+    return cache_home() / "images"
+
+
+def _erased_concept(model) -> str | None:
+    """The concept an erasure folder erased (one only; several give None)."""
+    from .io import is_erasure_dir, read_manifest
+
+    if model and Path(str(model)).is_dir() and is_erasure_dir(model):
+        concept = read_manifest(model)["concept"]
+        return concept if "," not in concept else None
+    return None
 
 
 def cmd_eval(args) -> int:
@@ -78,7 +88,12 @@ def cmd_eval(args) -> int:
         suite = custom_suite(args.prompts, metrics or ["mini_classifier"], 8)
     if args.images_per_prompt is not None:
         suite.images_per_prompt = args.images_per_prompt
-    settings = {"nudenet": {"threshold": args.nudenet_threshold} if args.nudenet_threshold is not None else {},
+    concept = args.concept or _erased_concept(args.model) or (_erased_concept(args.compare) if args.compare else None)
+    if concept and "mini_classifier" in suite.metrics:  # MiniSD: erasure and retention of that concept
+        suite.metrics += [m for m in ("erasure_rate", "retention") if m not in suite.metrics]
+    settings = {"erasure_rate": {"concept": concept} if concept else {},
+                "retention": {"concept": concept} if concept else {},
+                "nudenet": {"threshold": args.nudenet_threshold} if args.nudenet_threshold is not None else {},
                 "clip_score": {"model": args.clip_model} if args.clip_model else {},
                 "fid": {k: v for k, v in (("reference", args.reference), ("inception_weights", args.inception_weights)) if v},
                 "kid": {k: v for k, v in (("reference", args.reference), ("inception_weights", args.inception_weights)) if v}}
@@ -166,11 +181,7 @@ def _train_config(args) -> "EraseConfig":  # noqa: F821
         raise UserError(f"--{foreign[0].replace('_', '-')} is not a setting of method {spec.name}; "
                         f"see erasure train --method {spec.name} --help")
     model = args.model or from_yaml.get("base_model") or "minisd"
-    settings = {**from_yaml, **typed, "method": spec.name, "base_model": model}
-    if str(model).lower() == "minisd":  # MiniSD is ~200x smaller than SD: its own column of defaults
-        overrides = getattr(spec.config_cls, "minisd_defaults", {})
-        settings = {**overrides, **settings}
-    return EraseConfig.from_dict(settings)
+    return EraseConfig.from_dict({**from_yaml, **typed, "method": spec.name, "base_model": model})
 
 
 def _check_concept_known(config) -> None:
@@ -251,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--metrics", default=None, help="comma list overriding the suite's (default for --prompts: mini_classifier)")
     e.add_argument("--images-per-prompt", type=int, default=None, help="default: the suite's, 8 for --prompts")
     e.add_argument("--limit", type=int, default=None, help="only the first N prompts (a quick subset)")
+    e.add_argument("--concept", default=None, help="the erased concept for erasure_rate/retention (default: from the "
+                   "erasure's manifest)")
     e.add_argument("--compare", default=None, help="also evaluate this base model and report both")
     e.add_argument("--json", default=None, help="write every number and its protocol here")
     e.add_argument("--out", default=None, help="folder for report.html, results.json and the image cache")

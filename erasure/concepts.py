@@ -85,3 +85,95 @@ def concept_prompts(concept: str, setting: str, is_minisd: bool, n: int = 64, se
     if setting == "auto":
         return mini_concept_prompts(concept, n, seed)
     return _read_prompt_file(Path(setting))
+
+
+# ----------------------------------------------------------------------------- anchors and retain prompts
+
+NUDITY_ANCHOR = "a person wearing clothes"
+
+
+def default_anchor(concept: str, is_minisd: bool) -> str:
+    """What a concept becomes when a method needs an anchor and the user named none.
+
+    MiniSD: the next value of the same attribute (circle -> square, ..., cross -> circle; red ->
+    green; a style -> plain, plain -> striped), so the judge can tell the anchor from the
+    concept. Stable Diffusion: "nudity" -> "a person wearing clothes" (SalUn's and DoCo's choice);
+    anything else needs --anchor."""
+    from .errors import UserError
+
+    if is_minisd:
+        from .worlds.mini.world import COLORS, OBJECTS, STYLES, parse_caption
+        parsed = parse_caption(concept)
+        for kind, values in (("object", OBJECTS), ("color", COLORS)):
+            if parsed[kind]:
+                return values[(values.index(parsed[kind]) + 1) % len(values)]
+        if parsed["style"]:
+            return "striped" if parsed["style"] == "plain" else "plain"
+    if concept.strip().lower() in ("nudity", "nude", "naked", "nsfw"):
+        return NUDITY_ANCHOR
+    raise UserError(f"no default anchor for '{concept}'; say what it should become, e.g. --anchor 'a painting'")
+
+
+def mini_substitute(prompt: str, concept: str, anchor: str) -> str:
+    """A MiniSD caption with the concept's words replaced by the anchor's ("a red disk, plain
+    style" -> "a red square, plain style"): the anchor prompt that keeps colour and style."""
+    import re
+
+    from .worlds.mini.world import _NOUNS_EN, _STYLE_EN, parse_caption
+
+    c, a = parse_caption(concept), parse_caption(anchor)
+    kind = next(k for k in ("object", "color", "style") if c[k])
+    if not a[kind]:
+        return anchor
+    phrases = {"object": _NOUNS_EN, "style": _STYLE_EN}.get(kind, {})  # colours have one word each
+    words = phrases.get(c[kind], [c[kind]])
+    replacement = phrases.get(a[kind], [a[kind]])[0]
+    out = prompt
+    for w in sorted(words, key=len, reverse=True):
+        out = re.sub(rf"\b{re.escape(w)}\b", replacement, out)
+    return re.sub(r"\b(a|an) (\w)", lambda m: ("an " if m.group(2) in "aeiou" else "a ") + m.group(2), out)
+
+
+def retain_prompts(concept: str, anchor: str, is_minisd: bool, n: int = 64, seed: int = 1) -> list[str]:
+    """Prompts whose images should not change. MiniSD: world captions that name neither the
+    concept nor the anchor's attribute value (other objects, every colour and style); none is an
+    evaluation prompt. Stable Diffusion: the anchor prompt (SalUn's D_r)."""
+    if not is_minisd:
+        return [anchor]
+    from .worlds.mini.world import COLORS, OBJECTS, STYLES, make_caption, parse_caption
+
+    c = parse_caption(concept)
+    rng = random.Random(seed)
+    held_out = _mini_eval_prompts()
+    prompts: list[str] = []
+    for _ in range(100 * n):
+        if len(prompts) >= n:
+            break
+        obj, color = rng.choice(OBJECTS), rng.choice(COLORS) if rng.random() < 0.9 else None
+        style = rng.choice(STYLES) if rng.random() < 0.75 else None
+        if c["object"] == obj or (c["color"] and c["color"] == color) or (c["style"] and c["style"] == style):
+            continue
+        caption = make_caption(obj, color, style, "en", rng)
+        if caption.lower() not in held_out and caption not in prompts:
+            prompts.append(caption)
+    return prompts
+
+
+def without_concept(prompt: str, concept: str, is_minisd: bool) -> str:
+    """`prompt` with the concept's words taken out ("a picture of a red disk, plain style" ->
+    "a picture of a red, plain style"): what the prompt asks for besides the concept. On
+    MiniSD every synonym of the concept goes; elsewhere the concept text itself."""
+    import re
+
+    words = [concept]
+    if is_minisd:
+        from .worlds.mini.world import _NOUNS_EN, _STYLE_EN, parse_caption
+        parsed = parse_caption(concept)
+        kind = next((k for k in ("object", "color", "style") if parsed[k]), None)
+        if kind:
+            words += {"object": _NOUNS_EN, "style": _STYLE_EN}.get(kind, {}).get(parsed[kind], [parsed[kind]])
+    out = prompt
+    for w in sorted(set(words), key=len, reverse=True):
+        out = re.sub(rf"\b{re.escape(w)}\b", "", out, flags=re.IGNORECASE)
+    out = re.sub(r"\s+([,.])", r"\1", re.sub(r"\s{2,}", " ", out)).strip(" ,")
+    return out

@@ -8,7 +8,7 @@ import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .errors import UserError
 
@@ -42,6 +42,12 @@ class EraseConfig:
     device: str = doc("auto, cpu, cuda, cuda:1, ...", default="auto")
     attention: str = doc("attention backend: auto (xformers on CUDA if installed, else SDPA), xformers, sdpa", default="auto")
     checkpoint_every: int = doc("save a resumable checkpoint every N steps (0 = never)", default=100)
+
+    # Defaults that differ by model or concept, applied under what the user set (from_dict):
+    # MiniSD is ~200x smaller than SD 1.4 and its runs must finish in minutes on a CPU; some
+    # papers give per-concept-type defaults (SalUn: nudity vs classes).
+    minisd_defaults: ClassVar[dict[str, Any]] = {}
+    concept_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __post_init__(self) -> None:
         self.concept = self.concept.strip()
@@ -83,7 +89,12 @@ class EraseConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise UserError(f"unknown setting(s) for method {spec.name}: {', '.join(unknown)}")
-        return spec.config_cls(**{**spec.defaults, **data, "method": spec.name})
+        cls = spec.config_cls
+        layered = dict(spec.defaults)
+        if str(data.get("base_model", "minisd")).strip().lower() == "minisd":
+            layered |= cls.minisd_defaults
+        layered |= cls.concept_defaults.get(str(data.get("concept", "")).strip().lower(), {})
+        return cls(**{**layered, **data, "method": spec.name})
 
     @staticmethod
     def from_json(text_or_path: str | Path) -> "EraseConfig":
@@ -93,6 +104,17 @@ class EraseConfig:
         except json.JSONDecodeError as e:
             raise UserError(f"the config is not valid JSON ({e.msg} at line {e.lineno}); fix or regenerate it") from None
         return EraseConfig.from_dict(data)
+
+
+@dataclass
+class SelfDataConfig(EraseConfig):
+    """Settings of the base model's self-generated training images (erasure/selfdata.py),
+    shared by the methods that train on them (SalUn, DoCo)."""
+    data_guidance: float = doc("CFG scale of the self-generated images (0 = the model's default: SD 7.5, MiniSD 5)",
+                               default=0.0)
+    data_steps: int = doc("sampling steps of the self-generated images (0 = the model's default: SD 50, MiniSD 25)",
+                          default=0)
+    data_seed: int = doc("seed of the first self-generated image (image i uses data_seed + i)", default=0)
 
 
 def field_types(cls: type) -> dict[str, type]:

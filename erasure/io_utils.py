@@ -35,6 +35,14 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
             os.remove(tmp)
 
 
+def cache_home() -> Path:
+    """Where erasure keeps what it can recompute: $ERASURE_CACHE, else $XDG_CACHE_HOME/erasure
+    (~/.cache/erasure)."""
+    if os.environ.get("ERASURE_CACHE"):
+        return Path(os.environ["ERASURE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "erasure"
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")

@@ -7,6 +7,7 @@ stores. ESD's presets follow the paper's code (see docs/methods.md):
   esd-u         everything but attn2; like the original CompVis code, also not the time
                 embedding and the output conv (the newer diffusers script keeps those)
   esd-all       every UNet weight
+  unet          the same, the name SalUn uses (its saliency mask then picks among them)
   esd-x-strict  only attn2.to_k and attn2.to_v (keys and values of the text pathway)
   attn2-kv      same tensors as esd-x-strict, the name DoCo uses
   text-encoder  the CLIP text encoder's transformer layers and final norm, embeddings frozen
@@ -31,6 +32,7 @@ TARGETS: dict[str, Predicate] = {
     "esd-x": _unet(lambda n: ".attn2." in n),
     "esd-u": _unet(lambda n: ".attn2." not in n and not n.startswith(("time_embedding.", "conv_out."))),
     "esd-all": _unet(lambda n: True),
+    "unet": _unet(lambda n: True),
     "esd-x-strict": _unet(lambda n: ".attn2.to_k." in n or ".attn2.to_v." in n),
     "attn2-kv": _unet(lambda n: ".attn2.to_k." in n or ".attn2.to_v." in n),
     "text-encoder": lambda c, n: c == "text_encoder" and ".embeddings." not in f".{n}",

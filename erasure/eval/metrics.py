@@ -56,7 +56,7 @@ def get_metric(name: str, **settings: Any) -> Metric:
 
 def _load_builtin_metrics() -> None:
     import importlib
-    for module in ("mini_classifier", "nudenet", "clip_score", "fid"):
+    for module in ("mini_classifier", "erasure_rate", "nudenet", "clip_score", "fid"):
         try:
             importlib.import_module(f"erasure.eval.{module}")
         except ModuleNotFoundError as e:  # a metric module not written yet, not a missing extra

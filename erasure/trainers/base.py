@@ -22,8 +22,10 @@ from ..errors import UserError
 from ..io import base_tensors, hash_tensors, save_erasure
 from ..io_utils import (load_tensors, optimizer_from_tensors, optimizer_to_tensors, python_rng_state, save_tensors,
                         set_python_rng_state, write_json)
-from ..concepts import concept_prompts
-from ..models import is_minisd, load_pipeline, pick_device, resolve_model
+from ..concepts import concept_prompts, default_anchor, mini_substitute, retain_prompts
+from ..models import default_sampling, is_minisd, load_pipeline, pick_device, resolve_model
+from ..selfdata import SelfData, self_generated
+from ..sampling import add_noise
 from ..targets import select_parameters
 
 CHECKPOINT_DIR = "checkpoint"
@@ -41,6 +43,7 @@ class Trainer:
         self.device = pick_device(config.device)
         self.base_path = resolve_model(config.base_model) if pipe is None else Path(getattr(pipe, "name_or_path", "") or ".")
         self.pipe = pipe if pipe is not None else load_pipeline(self.base_path, device=self.device, attention=config.attention)
+        self.is_minisd = is_minisd(self.base_path)
         self.pipe.to(self.device)
         self.unet, self.text_encoder, self.tokenizer = self.pipe.unet, self.pipe.text_encoder, self.pipe.tokenizer
         self.alphas_cumprod = self.pipe.scheduler.alphas_cumprod.to(self.device)
@@ -102,7 +105,38 @@ class Trainer:
 
     def forget_prompts(self, concept: str) -> list[str]:
         """The prompts that express `concept` in training (erasure/concepts.py)."""
-        return concept_prompts(concept, self.config.concept_prompts, is_minisd(self.base_path), seed=self.config.seed)
+        return concept_prompts(concept, self.config.concept_prompts, self.is_minisd, seed=self.config.seed)
+
+    def anchor_of(self, concept: str) -> str:
+        """--anchor, else the concept's default anchor (erasure/concepts.py)."""
+        return self.config.anchor.strip() or default_anchor(concept, self.is_minisd)
+
+    def anchored_prompts(self, concept: str) -> tuple[list[str], list[str]]:
+        """Forget prompts and, row for row, the anchor prompt each one should turn into. On
+        MiniSD the anchor keeps the prompt's colour and style ("a red disk" -> "a red square")."""
+        forget, anchor = self.forget_prompts(concept), self.anchor_of(concept)
+        if self.is_minisd and self.config.concept_prompts == "auto":
+            return forget, [mini_substitute(p, concept, anchor) for p in forget]
+        return forget, [anchor] * len(forget)
+
+    def retain_prompts(self, concept: str) -> list[str]:
+        """Prompts whose images must not change (erasure/concepts.py)."""
+        return retain_prompts(concept, self.anchor_of(concept), self.is_minisd, seed=self.config.seed + 1)
+
+    def self_data(self, prompts: list[str], count: int) -> SelfData:
+        """`count` latents the untouched base model draws for `prompts` (cached; erasure/selfdata.py)."""
+        cfg = self.config
+        sampling = default_sampling(self.base_path)
+        return self_generated(self.pipe, self.base_path, prompts, count, seed=getattr(cfg, "data_seed", 0),
+                              guidance=getattr(cfg, "data_guidance", 0) or sampling["guidance_scale"],
+                              steps=getattr(cfg, "data_steps", 0) or sampling["num_inference_steps"],
+                              autocast=self.autocast)
+
+    def noised(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x_t, t, noise) with t uniform over the training schedule: the standard denoising draw."""
+        t = self.randint(len(self.alphas_cumprod), (len(x0),)).to(self.device)
+        noise = self.randn(*x0.shape)
+        return add_noise(x0, noise, self.alphas_cumprod, t), t, noise
 
     def randint(self, high: int, size: tuple[int, ...] = ()) -> torch.Tensor:
         return torch.randint(0, high, size, generator=self.generator)
@@ -167,7 +201,8 @@ class Trainer:
                     raise TrainingDiverged(
                         f"the loss became {loss.item()} at step {self.step}; stopped. The last good checkpoint is in "
                         f"{out / CHECKPOINT_DIR} (if any): lower --lr or use --dtype float32, then --resume")
-                (loss / cfg.grad_accum).backward()
+                if loss.requires_grad:  # a method that sets .grad itself (DoCo) returns a detached loss
+                    (loss / cfg.grad_accum).backward()
                 total += loss.item() / cfg.grad_accum
             self.before_optimizer_step()
             grads = [p.grad for p in self.trainable.values() if p.grad is not None]
