@@ -40,7 +40,8 @@ def main() -> None:
     p.add_argument("--concept", default="circle")
     p.add_argument("--methods", default="esd-x,esd-u,salun,doco")
     p.add_argument("--images-per-prompt", type=int, default=4)
-    p.add_argument("--reference", action="store_true")
+    p.add_argument("--reference", nargs="?", const="esd-x,esd-u", default="",
+                   help="also train these ESD variants with the reference sampling (default list: esd-x,esd-u)")
     p.add_argument("--out", type=Path, default=Path("runs/erase_minisd"))
     args = p.parse_args()
 
@@ -51,7 +52,7 @@ def main() -> None:
     runs = {"base": ("minisd", None)}
     os.environ["ERASURE_CACHE"] = str(args.out / "erasure-cache")  # self-generated data starts cold
     for method in args.methods.split(","):
-        reference = args.reference and method.startswith("esd")
+        reference = method in args.reference.split(",")
         variants = [("", [])] + ([(" (reference sampling)", ["--refresh-every", "1"])] if reference else [])
         for label, extra in variants:
             out = args.out / (method + ("-reference" if extra else ""))

@@ -152,7 +152,9 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
                 group = parser.add_argument_group(f"{cls.__name__} settings")
             kind = field_types(cls)[f.name]
             group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind if kind in (int, float, str) else str,
-                               default=argparse.SUPPRESS, help=f"{f.metadata.get('help', '')} (default: {f.default})")
+                               default=argparse.SUPPRESS, help=f"{f.metadata.get('help', '')} (default: {f.default}"
+                               + ("" if f.name not in ("steps", "lr", "target", "batch_size") else "; per method: erasure ls")
+                               + ")")
 
 
 def _train_config(args) -> "EraseConfig":  # noqa: F821
@@ -300,7 +302,9 @@ def cmd_ls(args) -> int:
     from .targets import target_names
     for name in method_names():
         spec = get_method(name)
-        print(f"{name:14s} {spec.config_cls.__name__} trains {spec.defaults.get('target', '')}")
+        paper, mini = spec.default_config(), spec.default_config(minisd=True)
+        print(f"{name:13s} {spec.description}\n{'':13s} trains {paper.target}; defaults: {paper.steps} steps, lr {paper.lr:g}"
+              f" (MiniSD: {mini.steps} steps, lr {mini.lr:g})")
     print("weight presets:", ", ".join(target_names()))
     return 0
 

@@ -17,17 +17,31 @@ class MethodSpec:
     config_cls: type
     trainer_cls: type
     defaults: dict[str, Any] = field(default_factory=dict)  # config fields this name presets
+    minisd_defaults: dict[str, Any] = field(default_factory=dict)  # and on MiniSD, over the config class's
+
+    @property
+    def description(self) -> str:
+        """One line: the first line of the method module's docstring (the paper's title)."""
+        import sys
+        doc = sys.modules[self.trainer_cls.__module__].__doc__ or ""
+        return doc.strip().splitlines()[0].rstrip(".") if doc.strip() else ""
+
+    def default_config(self, minisd: bool = False) -> Any:
+        """The config with every default (the paper's, or MiniSD's column), concept left as 'x'."""
+        from .config import EraseConfig
+        return EraseConfig.from_dict({"method": self.name, "concept": "x", "base_model": "minisd" if minisd else "sd"})
 
 
 _METHODS: dict[str, MethodSpec] = {}
 
 
-def register_method(name: str, config_cls: type, trainer_cls: type, **defaults: Any) -> None:
+def register_method(name: str, config_cls: type, trainer_cls: type, minisd_defaults: dict | None = None,
+                    **defaults: Any) -> None:
     if name != name.lower() or not name:
         raise ValueError(f"method names are lower-case: {name!r}")
     if name in _METHODS:
         raise ValueError(f"method {name!r} is registered twice")
-    _METHODS[name] = MethodSpec(name, config_cls, trainer_cls, defaults)
+    _METHODS[name] = MethodSpec(name, config_cls, trainer_cls, defaults, minisd_defaults or {})
 
 
 def _load_builtin_methods() -> None:
