@@ -107,8 +107,25 @@ def cmd_eval(args) -> int:
     models, labels = [args.model], ["model"]
     if args.compare:
         models, labels = [args.model, args.compare], ["model", "base"]
+    with_asr = "asr" in suite.metrics  # the attack needs the model, not images: run beside the suite
+    if with_asr:
+        if not concept:
+            raise UserError("metric asr needs the concept the attack should bring back: pass --concept C")
+        from .attacks.judges import concept_judge
+        concept_judge(concept)  # an unknown concept fails before any image is generated
+        suite.metrics = [m for m in suite.metrics if m != "asr"]
     runs = [evaluate(m, suite, cache, seed=args.seed, limit=args.limit, metric_settings=settings, sampling=sampling,
                      device=device) for m in models]
+    if with_asr:
+        from .attacks.asr import run_attack, target_rows
+        from .attacks.discrete import DiscreteAttackConfig
+        attack = DiscreteAttackConfig(iterations=max(1, int(round(40 * args.attack_budget))))
+        rows = [r for _, r in target_rows(suite.rows(args.limit), concept)]
+        for m, (res, _, _) in zip(models, runs):
+            asr_json = Path(args.out) / f"asr-{'model' if m == args.model else 'base'}.json" if args.out else None
+            rep = run_attack(m, concept, rows, asr_json, attack, seed=args.seed, device=device)
+            res["metrics"]["asr"] = {"summary": rep["summary"], "protocol": rep["protocol"], "per_prompt": rep["per_prompt"]}
+            res["summary"].update(pre_asr=rep["summary"]["pre_asr"], asr=rep["summary"]["asr"])
     result = runs[0][0]
     if args.compare:
         result["compare"] = {"model": args.compare, "summary": runs[1][0]["summary"], "per_prompt": runs[1][0]["per_prompt"]}
@@ -238,6 +255,57 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_export_text_encoder(args) -> int:
+    import shutil
+
+    from .io import read_manifest
+    from .pipelines import ErasedPipeline
+
+    manifest = read_manifest(args.erasure_dir)
+    if not any(k.startswith("text_encoder.") for k in manifest["changed_tensors"]):
+        raise UserError(f"{args.erasure_dir} changes no text-encoder weight (method {manifest['method']}); "
+                        "use erasure export for a full pipeline folder")
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not empty; choose a new --out")
+    pipe = ErasedPipeline.from_pretrained(args.erasure_dir)
+    tmp = out.with_name(out.name + ".tmp-export")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.text_encoder.save_pretrained(tmp, safe_serialization=True)
+    if out.exists():
+        out.rmdir()
+    tmp.rename(out)
+    print(f"wrote a CLIPTextModel folder to {out}: StableDiffusionPipeline.from_pretrained(BASE, "
+          f"text_encoder=CLIPTextModel.from_pretrained('{out}'))")
+    return 0
+
+
+def cmd_attack(args) -> int:
+    from .attacks.asr import run_attack
+    from .attacks.discrete import DiscreteAttackConfig
+    from .eval.suites import load_suite, read_rows
+
+    if bool(args.suite) == bool(args.prompts):
+        raise UserError("give exactly one of --suite NAME or --prompts FILE.csv")
+    concept = args.concept or _erased_concept(args.model)
+    if not concept:
+        raise UserError("say which concept the attack should bring back: --concept C")
+    rows = load_suite(args.suite).rows() if args.suite else read_rows(args.prompts, "object")
+    if args.limit is not None:
+        _positive("limit", args.limit)
+    iterations = int(round(args.iterations * args.budget))
+    attack = DiscreteAttackConfig(n_tokens=_positive("n-tokens", args.n_tokens), iterations=iterations, lr=args.lr,
+                                  check_every=_positive("check-every", args.check_every), seed=args.seed)
+    from .attacks.asr import target_rows
+    chosen = [r for _, r in target_rows(rows, concept)][:args.limit] if args.limit else rows
+    device = None if args.device == "auto" else args.device
+    report = run_attack(args.model, concept, chosen, args.json, attack, seed=args.seed, device=device)
+    s = report["summary"]
+    print(f"pre-ASR {s['pre_asr']:.3f}  ASR {s['asr']:.3f}  over {s['n_prompts']} prompts "
+          f"({report['protocol']['judge']}) -> {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="erasure", description="Erase concepts from text-to-image diffusion models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -266,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, default=None, help="only the first N prompts (a quick subset)")
     e.add_argument("--concept", default=None, help="the erased concept for erasure_rate/retention (default: from the "
                    "erasure's manifest)")
+    e.add_argument("--attack-budget", type=float, default=1.0, help="metric asr: fraction of UnlearnDiffAtk's 40 "
+                   "iterations per prompt (0.25 = a cheaper run)")
     e.add_argument("--compare", default=None, help="also evaluate this base model and report both")
     e.add_argument("--json", default=None, help="write every number and its protocol here")
     e.add_argument("--out", default=None, help="folder for report.html, results.json and the image cache")
@@ -291,6 +361,28 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("erasure_dir")
     x.add_argument("--out", required=True)
     x.set_defaults(func=cmd_export)
+
+    xt = sub.add_parser("export-text-encoder", help="write an erasure's text encoder (AdvUnlearn) as a CLIPTextModel folder")
+    xt.add_argument("erasure_dir")
+    xt.add_argument("--out", required=True)
+    xt.set_defaults(func=cmd_export_text_encoder)
+
+    a = sub.add_parser("attack", help="UnlearnDiffAtk-style prompt attack: pre-ASR and ASR over a prompt set")
+    a.add_argument("--model", default="minisd", help="minisd, a Stable Diffusion folder or an erasure folder")
+    a.add_argument("--concept", default=None, help="what the attack tries to bring back (default: the erasure's concept)")
+    a.add_argument("--suite", default=None)
+    a.add_argument("--prompts", default=None, help="a CSV with a prompt column (object/color/style columns select "
+                   "the target prompts; seed/guidance columns are used)")
+    a.add_argument("--json", required=True, help="results (every prompt's adversarial text); a rerun resumes")
+    a.add_argument("--limit", type=int, default=None, help="only the first N target prompts")
+    a.add_argument("--iterations", type=int, default=40, help="attack iterations per prompt (UnlearnDiffAtk: 40)")
+    a.add_argument("--budget", type=float, default=1.0, help="scale the iterations (0.25 = a quarter: a cheaper run)")
+    a.add_argument("--n-tokens", type=int, default=5, help="adversarial prefix tokens (UnlearnDiffAtk: 5)")
+    a.add_argument("--lr", type=float, default=0.01, help="Adam step on the token distributions (UnlearnDiffAtk: 0.01)")
+    a.add_argument("--check-every", type=int, default=1, help="generate and judge every N iterations")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--device", default="auto")
+    a.set_defaults(func=cmd_attack)
 
     ls = sub.add_parser("ls", help="list methods and weight presets")
     ls.set_defaults(func=cmd_ls)

@@ -121,7 +121,7 @@ def load_pipeline(model: str | os.PathLike = MINISD_NAME, device: str | None = N
         loader, path = ErasedPipeline, Path(str(model))
     else:
         loader, path = StableDiffusionPipeline, resolve_model(model)
-    pipe = loader.from_pretrained(path, torch_dtype=dtype, safety_checker=None, feature_extractor=None,
+    pipe = loader.from_pretrained(path, dtype=dtype, safety_checker=None, feature_extractor=None,
                                   requires_safety_checker=False, local_files_only=True)
     pipe = pipe.to(pick_device(device))
     set_attention_backend(pipe, attention)

@@ -18,7 +18,8 @@ METHODS = method_names()
 
 # per method, what makes a 3-step run on the tiny model quick (few self-generated images)
 QUICK = {"salun": {"n_forget": 4, "n_retain": 4, "batch_size": 2, "data_steps": 2},
-         "doco": {"n_anchor": 4, "batch_size": 2, "data_steps": 2, "disc_warmup": 1}}
+         "doco": {"n_anchor": 4, "batch_size": 2, "data_steps": 2, "disc_warmup": 1},
+         "advunlearn": {"attack_warmup": 1, "attack_steps": 2, "retain_batch": 2, "ddim_steps": 4}}
 
 
 def make_config(method, base, **kw):
@@ -136,7 +137,7 @@ def test_concept_prompt_file(tmp_path):
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"method": "esd-q"}, "unknown method 'esd-q'; choose one of: doco, esd-all, esd-u, esd-x, esd-x-strict, salun"),
+    ({"method": "esd-q"}, "unknown method 'esd-q'; choose one of: advunlearn, doco, esd-all, esd-u, esd-x, esd-x-strict, salun"),
     ({"concept": "  "}, "the concept is empty"),
     ({"steps": 0}, "--steps must be at least 1"),
     ({"target": "esd-z"}, "unknown weight preset 'esd-z'"),

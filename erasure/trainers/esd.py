@@ -91,7 +91,8 @@ class ESDTrainer(Trainer):
 
     def setup(self) -> None:
         cfg: ESDConfig = self.config
-        self.frozen_unet = self.frozen_copy(self.unet)
+        trains_unet = any(k.startswith("unet.") for k in self.trainable)
+        self.frozen_unet = self.frozen_copy(self.unet) if trains_unet else self.unet  # θ*'s UNet
         embed = lambda prompts: encode_prompts(self.tokenizer, self.text_encoder, prompts, self.device)  # noqa: E731
         self.c_empty = embed([""])  # (1, 77, D)
         # per concept, the embeddings of the prompts that express it (erasure/concepts.py): (P_k, 77, D)

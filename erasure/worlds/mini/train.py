@@ -243,7 +243,7 @@ def export_pipeline(unet, text_encoder, vae, tokenizer_dir: Path, out_dir: Path,
 def evaluate_pipeline(pipe_dir: Path, judge: nets.Judge, device: torch.device, images_per_prompt: int = 2,
                       guidance: float = 4.0, steps: int = 25) -> dict[str, float]:
     from diffusers import StableDiffusionPipeline
-    pipe = StableDiffusionPipeline.from_pretrained(pipe_dir, torch_dtype=torch.float32).to(device)
+    pipe = StableDiffusionPipeline.from_pretrained(pipe_dir, dtype=torch.float32).to(device)
     pipe.set_progress_bar_config(disable=True)
     hits = {"object": 0, "color": 0, "style": 0}
     total = 0
@@ -415,14 +415,14 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import CLIPTextModel
     vae_dir = args.workdir / "vae"
     if not (vae_dir / "config.json").exists() and stages & {"vae", "unet"}:
-        vae = AutoencoderKL.from_pretrained(shipped / "vae", torch_dtype=torch.float32) if shipped else train_vae(args.vae_steps, device)
+        vae = AutoencoderKL.from_pretrained(shipped / "vae", dtype=torch.float32) if shipped else train_vae(args.vae_steps, device)
         vae.save_pretrained(vae_dir)
         if judge is not None:
             rec = lambda x: (vae.decode(vae.encode(x * 2 - 1).latent_dist.mean).sample / 2 + 0.5).clamp(0, 1)  # noqa: E731
             log(f"judge on VAE reconstructions: {judge_accuracy(judge, 500, 777, device, rec)}")
     te_dir = args.workdir / "text_encoder"
     if not (te_dir / "config.json").exists() and stages & {"text", "unet"}:
-        te = CLIPTextModel.from_pretrained(shipped / "text_encoder", torch_dtype=torch.float32) if shipped else \
+        te = CLIPTextModel.from_pretrained(shipped / "text_encoder", dtype=torch.float32) if shipped else \
             train_text_encoder(args.text_steps, bank, device)
         te.save_pretrained(te_dir)
     if not stages & {"unet", "latents", "export"}:
@@ -448,7 +448,7 @@ def main(argv: list[str] | None = None) -> None:
     elif shipped:
         from diffusers import UNet2DConditionModel
         state = json.loads((shipped / "training_state.json").read_text())
-        run.load_weights_only(UNet2DConditionModel.from_pretrained(shipped / "unet", torch_dtype=torch.float32).state_dict(),
+        run.load_weights_only(UNet2DConditionModel.from_pretrained(shipped / "unet", dtype=torch.float32).state_dict(),
                               state["unet_steps"])
         log(f"resumed UNet from shipped EMA weights at step {run.step} (optimizer state fresh, {args.warmup}-step warm-up)")
     log_path = args.out / "training_log.jsonl"

@@ -1,0 +1,199 @@
+"""AdvUnlearn: defensive unlearning with adversarial training (Zhang et al., NeurIPS 2024).
+
+A bi-level problem on the *text encoder* (the UNet never changes):
+
+  inner (after `attack_warmup` iterations): a soft-prompt attack finds k token embeddings adv
+      that make the current model regenerate the concept (erasure/attacks/soft.py):
+          min_adv MSE(eps(x_t, t, E_theta(adv + c_f)), eps*(x_t, t, c_f))
+  outer: the ESD loss (Eq. 3 of ESD) evaluated on the adversarial prompt, plus the utility
+      retain term over a batch of retain prompts c_r (Eq. 5 of AdvUnlearn):
+          MSE(eps(x_t, t, E_theta(adv + c_f)), eps*(c_0) - eta (eps*(c_f) - eps*(c_0)))
+          + lambda * MSE(eps(z_r, t, E_theta(c_r)), eps*(z_r, t, E*(c_r)))
+
+x_t comes from ESD's partial DDIM sampling (this class extends the ESD trainer and shares its
+trajectory cache, concept prompts and context baseline); z_r from the same sampling under the
+retain prompts. Defaults are the paper's: k = 1 adversarial token, 30 attack steps at lr 1e-3,
+200 warm-up iterations, lambda 0.3, 5 retain prompts per step, 1000 iterations at lr 1e-5, the
+text encoder's transformer layers and final norm trained (embeddings frozen; `--layers` picks a
+subset, e.g. "0" or "0-2", for AdvUnlearn's layer-wise variants). `--fast-attack` is "Fast
+AT": signed-gradient attack steps.
+
+The result holds only text-encoder tensors: `erasure export-text-encoder` writes a standard
+CLIPTextModel folder that plugs into any compatible pipeline as `text_encoder=`.
+
+Retain prompts: on Stable Diffusion "a photo of a {object}" for the 80 COCO categories
+(erasure/data/prompts/coco_objects.txt; the paper uses COCO object prompts); on MiniSD its
+captions of the other objects (erasure/concepts.py). Where we differ: the reference's attack
+never zeroed its gradients between steps; ours does.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from ..attacks.soft import soft_prompt_attack
+from ..attacks.text import encode_with_prefix
+from ..config import doc
+from ..errors import UserError
+from ..registry import register_method
+from ..sampling import ddim_trajectory, encode_prompts
+from .esd import ESDConfig, ESDTrainer
+
+COCO_RETAIN = Path(__file__).resolve().parents[1] / "data" / "prompts" / "coco_objects.txt"
+
+
+def parse_layers(spec: str) -> set[int] | None:
+    """'all' -> None; '0' / '0-2' / '0,3' -> layer indices."""
+    if spec.strip().lower() == "all":
+        return None
+    out: set[int] = set()
+    for part in spec.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not m:
+            raise UserError(f"--layers must be 'all' or indices like 0, 0-2, 0,3 (got '{spec}')")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        out |= set(range(lo, hi + 1))
+    return out
+
+
+@dataclass
+class AdvUnlearnConfig(ESDConfig):
+    target: str = doc("weights that train (AdvUnlearn: the text encoder, embeddings frozen)", default="text-encoder")
+    steps: int = doc("outer iterations (paper: 1000)", default=1000)
+    lr: float = doc("Adam learning rate of the text encoder (paper: 1e-5)", default=1e-5)
+    layers: str = doc("text-encoder layers that train: all (with the final norm) or indices, e.g. 0 or 0-2", default="all")
+    adv_tokens: int = doc("adversarial tokens k of the inner attack (paper: 1)", default=1)
+    attack_steps: int = doc("inner attack steps (paper: 30)", default=30)
+    attack_lr: float = doc("inner attack step size (paper: 1e-3)", default=1e-3)
+    attack_warmup: int = doc("iterations before the inner attack starts (paper: 200)", default=200)
+    fast_attack: bool = doc("Fast AT: signed-gradient attack steps", default=False)
+    retain_weight: float = doc("lambda of the utility retain term (paper: 0.3)", default=0.3)
+    retain_batch: int = doc("retain prompts per iteration (paper: 5)", default=5)
+    retain_prompts_file: str = doc("retain prompts, one per line or a CSV 'prompt' column (default: COCO object "
+                                   "prompts on SD, MiniSD's other-object captions on MiniSD)", default="")
+
+    minisd_defaults: ClassVar[dict] = {**ESDConfig.minisd_defaults, "steps": 400, "lr": 1e-3, "attack_warmup": 100,
+                                       "attack_steps": 10, "attack_lr": 1e-2}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        parse_layers(self.layers)
+        if isinstance(self.fast_attack, str):
+            self.fast_attack = self.fast_attack.strip().lower() in ("1", "true", "yes")
+        for name in ("adv_tokens", "attack_steps", "retain_batch"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.attack_warmup < 0 or self.retain_weight < 0:
+            raise UserError("--attack-warmup and --retain-weight must be >= 0")
+
+
+class AdvUnlearnTrainer(ESDTrainer):
+    config_cls = AdvUnlearnConfig
+
+    def select_trainable(self, models):
+        chosen = super().select_trainable(models)
+        keep = parse_layers(self.config.layers)
+        if keep is None:
+            return chosen
+        n_layers = self.text_encoder.config.num_hidden_layers
+        if max(keep) >= n_layers:
+            raise UserError(f"--layers {self.config.layers}: the text encoder has layers 0-{n_layers - 1}")
+        pattern = re.compile(r"\.layers\.(\d+)\.")
+        return {k: p for k, p in chosen.items() if (m := pattern.search(k)) and int(m.group(1)) in keep}
+
+    def setup(self) -> None:
+        super().setup()  # ESD: frozen UNet (= the UNet, which never trains), concept prompts, c_0, trajectories
+        cfg: AdvUnlearnConfig = self.config
+        self.frozen_text_encoder = self.frozen_copy(self.text_encoder)
+        if cfg.retain_prompts_file:
+            from ..concepts import _read_prompt_file
+            self.retain_set = _read_prompt_file(Path(cfg.retain_prompts_file))
+        elif self.is_minisd:
+            self.retain_set = [p for c in cfg.concepts for p in self.retain_prompts(c)]
+        else:
+            self.retain_set = [line.strip() for line in COCO_RETAIN.read_text().splitlines() if line.strip()]
+        self.c_retain_frozen = encode_prompts(self.tokenizer, self.frozen_text_encoder, self.retain_set, self.device)
+        self.retain_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.retain_born = -1
+
+    def encode_trained(self, prompt_ids: torch.Tensor, k: int, prefix: torch.Tensor | None) -> torch.Tensor:
+        """The trained text encoder's embedding of forget prompts (with the adversarial prefix)."""
+        prompts = [self.forget_prompt_sets[k][i] for i in prompt_ids.tolist()]
+        if prefix is None:
+            return self._encode_with_grad(prompts)
+        return encode_with_prefix(self.tokenizer, self.text_encoder, prompts, prefix)
+
+    def retain_latents(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(z_r, t, retain prompt ids): ESD-style partial DDIM latents under retain prompts."""
+        cfg: AdvUnlearnConfig = self.config
+        if self.retain_cache is None or self.step - self.retain_born >= cfg.refresh_every:
+            ids = self.randint(len(self.retain_set), (cfg.trajectory_batch,))
+            with torch.no_grad(), self.autocast():
+                traj, _ = ddim_trajectory(self.frozen_unet, self.scheduler, self.c_retain_frozen[ids.to(self.device)],
+                                          self.c_empty, self.randn(len(ids), *self.latent_shape), cfg.start_guidance,
+                                          cfg.ddim_steps)
+            self.retain_cache, self.retain_born = (torch.stack(traj[:-1]).float(), ids), self.step
+        latents, ids = self.retain_cache
+        self.scheduler.set_timesteps(cfg.ddim_steps, device=self.device)
+        steps, which = self.randint(cfg.ddim_steps, (n,)), self.randint(len(ids), (n,))
+        return latents[steps, which], self.scheduler.timesteps[steps.to(self.device)], ids[which].to(self.device)
+
+    def compute_loss(self):
+        cfg: AdvUnlearnConfig = self.config
+        k = self.rng.randrange(len(cfg.concepts))
+        x_t, t, prompt_ids = self.draw_xt(k, cfg.batch_size)
+        b = len(x_t)
+        c_f, c_0 = self.c_forget[k][prompt_ids], self.c_baseline[k][prompt_ids]  # θ*'s text encoder
+        with torch.no_grad():
+            eps_0, eps_f = self.frozen_unet(torch.cat([x_t, x_t]), torch.cat([t, t]),
+                                            encoder_hidden_states=torch.cat([c_0, c_f])).sample.float().chunk(2)
+            target = eps_0 - cfg.negative_guidance * (eps_f - eps_0)  # ESD Eq. 3
+
+        prefix = None
+        logs = {}
+        if self.step >= cfg.attack_warmup:  # inner: find the prompt that brings the concept back
+            prompts = [self.forget_prompt_sets[k][i] for i in prompt_ids.tolist()]
+            prefix, losses = soft_prompt_attack(self.unet, self.tokenizer, self.text_encoder, prompts, x_t, t, eps_f,
+                                                n_tokens=cfg.adv_tokens, steps=cfg.attack_steps, lr=cfg.attack_lr,
+                                                fast=cfg.fast_attack, generator=self.generator)
+            logs["attack"] = losses[-1]
+        for p in self.trainable.values():  # the attack's backward passes must not leak into the outer step
+            p.grad = None
+        pred = self.unet(x_t, t, encoder_hidden_states=self.encode_trained(prompt_ids, k, prefix)).sample.float()
+        erase_loss = F.mse_loss(pred, target)
+
+        z_r, t_r, retain_ids = self.retain_latents(cfg.retain_batch)
+        with torch.no_grad():
+            eps_r_frozen = self.frozen_unet(z_r, t_r, encoder_hidden_states=self.c_retain_frozen[retain_ids]).sample.float()
+        retain_prompts = [self.retain_set[i] for i in retain_ids.tolist()]
+        c_r = self._encode_with_grad(retain_prompts)
+        retain_loss = F.mse_loss(self.unet(z_r, t_r, encoder_hidden_states=c_r).sample.float(), eps_r_frozen)
+        loss = erase_loss + cfg.retain_weight * retain_loss
+        return loss, {**logs, "erase": erase_loss.item(), "retain": retain_loss.item()}
+
+    def _encode_with_grad(self, prompts: list[str]) -> torch.Tensor:
+        """The trained text encoder's embedding, with gradient (sampling.encode_prompts has none)."""
+        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids.to(self.device)
+        return self.text_encoder(ids)[0]
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        state = super().extra_state()
+        if self.retain_cache is not None:
+            state |= {"retain_latents": self.retain_cache[0], "retain_ids": self.retain_cache[1],
+                      "retain_born": torch.tensor(self.retain_born)}
+        return state
+
+    def load_extra_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        super().load_extra_state(tensors)
+        if "retain_latents" in tensors:
+            self.retain_cache = (tensors["retain_latents"], tensors["retain_ids"])
+            self.retain_born = int(tensors["retain_born"])
+
+
+register_method("advunlearn", AdvUnlearnConfig, AdvUnlearnTrainer)

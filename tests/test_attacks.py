@@ -1,0 +1,127 @@
+"""Prompt attacks and ASR on the tiny random SD (and MiniSD's judge for the ASR plumbing)."""
+import json
+
+import pytest
+import torch
+
+from erasure.attacks.asr import asr_summary, run_attack, target_rows
+from erasure.attacks.discrete import DiscreteAttackConfig, discrete_attack, project_to_simplex
+from erasure.attacks.judges import concept_judge
+from erasure.attacks.soft import soft_prompt_attack
+from erasure.cli import run
+from erasure.errors import UserError
+from erasure.eval.suites import Row
+from erasure.models import load_pipeline
+from erasure.sampling import encode_prompts
+
+
+@pytest.fixture()
+def tiny_pipe(tiny_sd_dir):
+    pipe = load_pipeline(tiny_sd_dir)
+    for m in (pipe.unet, pipe.text_encoder, pipe.vae):
+        m.requires_grad_(False)
+    return pipe
+
+
+def test_soft_prompt_attack_lowers_its_loss(tiny_pipe):
+    torch.manual_seed(0)
+    shape = (2, tiny_pipe.unet.config.in_channels, tiny_pipe.unet.config.sample_size, tiny_pipe.unet.config.sample_size)
+    x_t, t = torch.randn(shape), torch.tensor([500, 500])
+    c = encode_prompts(tiny_pipe.tokenizer, tiny_pipe.text_encoder, ["a red circle"] * 2, "cpu")
+    target = tiny_pipe.unet(x_t, t, encoder_hidden_states=c).sample + 0.5  # something the prompt does not give
+    adv, losses = soft_prompt_attack(tiny_pipe.unet, tiny_pipe.tokenizer, tiny_pipe.text_encoder, ["a red circle"] * 2,
+                                     x_t, t, target, n_tokens=2, steps=15, lr=0.05,
+                                     generator=torch.Generator().manual_seed(0))
+    assert adv.shape == (2, tiny_pipe.text_encoder.config.hidden_size)
+    assert losses[-1] < losses[0]
+
+
+def test_simplex_projection():
+    v = torch.randn(4, 50) * 3
+    p = project_to_simplex(v)
+    assert (p >= 0).all() and torch.allclose(p.sum(-1), torch.ones(4))
+    already = torch.softmax(torch.randn(3, 10), -1)
+    assert torch.allclose(project_to_simplex(already), already, atol=1e-6)
+
+
+def test_discrete_attack_stays_on_the_simplex_and_decodes_to_real_tokens(tiny_pipe):
+    target = torch.randn(1, 4, 16, 16)
+    seen = []
+    out = discrete_attack(tiny_pipe, "a red circle", target, lambda adv: seen.append(adv) or False,
+                          DiscreteAttackConfig(n_tokens=3, iterations=4, lr=0.5), generator_seed=0)
+    assert not out["success"] and out["iterations"] == 4 and len(seen) == 4  # judged after every iteration
+    probs = out["probs"]
+    assert (probs >= 0).all() and torch.allclose(probs.sum(-1), torch.ones(3))
+    vocab = tiny_pipe.tokenizer.get_vocab()
+    assert all(0 <= i < len(vocab) for i in out["token_ids"])
+    prefix = out["adversarial_prompt"][: -len("a red circle")].strip()
+    assert prefix and out["adversarial_prompt"].endswith("a red circle")
+    # the text is what gets replayed: it is the decoding of the chosen vocabulary tokens
+    assert tiny_pipe.tokenizer.decode(out["token_ids"], skip_special_tokens=True).strip() == prefix
+
+
+def test_asr_arithmetic_on_a_hand_made_result_set():
+    results = [{"pre_success": True, "success": True}, {"pre_success": False, "success": True},
+               {"pre_success": False, "success": False}, {"pre_success": False, "success": True}]
+    s = asr_summary(results)
+    assert s["pre_asr"] == 0.25 and s["asr"] == 0.75 and s["n_attack_success"] == 2
+
+
+def test_target_rows_and_judges_refuse_what_they_cannot_measure():
+    rows = [Row("a red square", expected={"object": "square"}), Row("a blue star", expected={"object": "star"})]
+    with pytest.raises(UserError, match="no prompt asking for 'circle'"):
+        target_rows(rows, "circle")
+    assert [r.prompt for _, r in target_rows(rows + [Row("a disk", expected={"object": "circle"})], "circle")] == ["a disk"]
+    assert len(target_rows([Row("p1"), Row("p2")], "nudity")) == 2  # unlabelled sets are all target
+    with pytest.raises(UserError, match="no judge knows the concept 'Van Gogh'"):
+        concept_judge("Van Gogh")
+
+
+def test_attack_budget_zero_is_a_one_line_error(tmp_path, capsys):
+    code = run(["attack", "--model", "minisd", "--concept", "circle", "--suite", "mini-objects", "--budget", "0",
+                "--json", str(tmp_path / "a.json")])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "attack budget is 0" in err[0]
+    assert not (tmp_path / "a.json").exists()
+
+
+def test_asr_on_minisd_is_judged_by_the_classifier_and_replayable(tmp_path):
+    """Base MiniSD draws circles for circle prompts: every prompt is a no-attack success,
+    judged by the MiniSD classifier; the JSON records it."""
+    rows = [Row("a red circle", expected={"object": "circle"}), Row("a blue disk", expected={"object": "circle"})]
+    report = run_attack("minisd", "circle", rows, tmp_path / "asr.json", DiscreteAttackConfig(iterations=2))
+    assert report["summary"]["pre_asr"] == 1.0 and report["summary"]["asr"] == 1.0
+    saved = json.loads((tmp_path / "asr.json").read_text())
+    assert saved["protocol"]["judge"] == "MiniSD judge: object == circle"
+    assert [r["prompt"] for r in saved["per_prompt"]] == ["a red circle", "a blue disk"]
+
+
+def test_advunlearn_exports_a_text_encoder_that_plugs_into_a_fresh_pipeline(tiny_sd_dir, tmp_path):
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTextModel
+
+    from erasure.pipelines import ErasedPipeline
+    from test_trainers import make_config, trainer_for
+
+    trainer = trainer_for(make_config("advunlearn", tiny_sd_dir, steps=2))
+    trainer.train(tmp_path / "erasure")
+    manifest = json.loads((tmp_path / "erasure" / "erasure_config.json").read_text())
+    assert manifest["changed_tensors"] and all(k.startswith("text_encoder.") for k in manifest["changed_tensors"])
+    assert run(["export-text-encoder", str(tmp_path / "erasure"), "--out", str(tmp_path / "te")]) == 0
+    fresh = StableDiffusionPipeline.from_pretrained(tiny_sd_dir, text_encoder=CLIPTextModel.from_pretrained(tmp_path / "te"),
+                                                    safety_checker=None)
+    kw = {"num_inference_steps": 3, "output_type": "pt"}
+    plugged = fresh("a red circle", generator=torch.Generator().manual_seed(3), **kw).images
+    erased = ErasedPipeline.from_pretrained(tmp_path / "erasure")("a red circle", generator=torch.Generator().manual_seed(3),
+                                                                  **kw).images
+    assert torch.equal(plugged, erased)
+
+
+def test_advunlearn_layer_subsets_train_only_those_layers(tiny_sd_dir):
+    from test_trainers import make_config, trainer_for
+
+    trainer = trainer_for(make_config("advunlearn", tiny_sd_dir, layers="0"))
+    assert trainer.trainable and all(".layers.0." in k for k in trainer.trainable)
+    with pytest.raises(UserError, match="--layers must be 'all' or indices"):
+        make_config("advunlearn", tiny_sd_dir, layers="first")
