@@ -24,6 +24,9 @@ Where we differ, deliberately:
     4x4 stride 2 as in the reference; its last two stride-1 convs are 3x3 with padding 1 here
     instead of 4x4, so a MiniSD latent (16x16) still gives a patch map (4x4 convs shrink it
     to nothing); on SD's 64x64 latents this changes the patch map from 6x6 to 8x8.
+  * The discriminator sees real and fake in one batch (one batch-norm statistic for both) and
+    scores the UNet's output with its running statistics; batch-normalising each side on its
+    own hid their difference (MiniSD: the discriminator loss stayed at 2 ln 2, chance).
   * The anchor images are the base model's own (erasure/selfdata.py), shared with SalUn's
     cache, rather than a separate download-or-generate step.
   * `retain_on="anchor+retain"` (MiniSD's default) also denoises images of retain prompts (the
@@ -149,11 +152,15 @@ class DoCoTrainer(Trainer):
                                 self.alphas_cumprod, t)
         fake = predicted_x0(x_t, self.unet(x_t, t, encoder_hidden_states=c_f).sample.float(), self.alphas_cumprod, t)
 
-        # discriminator step: real -> 1, fake -> 0
-        disc_loss = bce(self.discriminator(real), True) + bce(self.discriminator(fake.detach()), False)
+        # discriminator step: real -> 1, fake -> 0, in one batch so that batch norm sees both
+        # (normalising each alone removes exactly the statistics that tell them apart)
+        self.discriminator.train()
+        logits_real, logits_fake = self.discriminator(torch.cat([real, fake.detach()])).chunk(2)
+        disc_loss = bce(logits_real, True) + bce(logits_fake, False)
         self.disc_optimizer.zero_grad(set_to_none=True)
         disc_loss.backward()
         self.disc_optimizer.step()
+        self.discriminator.eval()  # the UNet's adversarial loss reads the running statistics
         logs = {"disc": disc_loss.item()}
         if self.step < cfg.disc_warmup:  # warm-up: the UNet does not move
             return disc_loss.detach(), logs
