@@ -34,6 +34,8 @@ class EraseConfig:
     target: str = doc("weight preset that trains (see erasure/targets.py)", default="")
     steps: int = doc("optimizer steps", default=1000)
     lr: float = doc("learning rate", default=1e-5)
+    lr_schedule: str = doc("learning rate over the run: constant (the papers) or cosine (decays to 0 at the last step)",
+                           default="constant")
     batch_size: int = doc("samples per step", default=1)
     grad_accum: int = doc("gradient accumulation micro-steps per optimizer step", default=1)
     seed: int = doc("seed for every random draw of the run", default=0)
@@ -58,6 +60,8 @@ class EraseConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
         if not self.lr > 0:
             raise UserError(f"--lr must be positive (got {self.lr})")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise UserError(f"--lr-schedule must be constant or cosine (got '{self.lr_schedule}')")
         if self.checkpoint_every < 0:
             raise UserError("--checkpoint-every must be >= 0")
         if self.dtype == "float16":

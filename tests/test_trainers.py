@@ -214,3 +214,18 @@ def test_bf16_keeps_trained_weights_fp32_and_frozen_ones_bf16(tiny_sd_dir, tmp_p
     trainer.train(tmp_path / "out")
     assert any(not torch.equal(before[k], v) for k, v in trainer.trainable.items())
     assert ErasedPipeline.from_pretrained(tmp_path / "out").unet.dtype == torch.float32
+
+
+def test_cosine_schedule_decays_the_learning_rate_and_resumes_exactly(tiny_sd_dir, tmp_path):
+    import math
+
+    config = make_config("esd-x", tiny_sd_dir, steps=4, lr_schedule="cosine")
+    full = trainer_for(config)
+    full.train(tmp_path / "full")
+    assert full.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 3 / 4)))
+    trainer_for(config).train(tmp_path / "cut", stop_after=2)
+    resumed = trainer_for(config)
+    resumed.train(tmp_path / "cut", resume=True)
+    assert all(torch.equal(v, resumed.trainable[k]) for k, v in full.trainable.items())
+    with pytest.raises(UserError, match="--lr-schedule must be constant or cosine"):
+        make_config("esd-x", tiny_sd_dir, lr_schedule="linear")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import random
 import shutil
 from pathlib import Path
@@ -209,6 +210,9 @@ class Trainer:
             if grads and not all(torch.isfinite(g).all() for g in grads):
                 raise TrainingDiverged(f"a gradient became NaN/inf at step {self.step}; stopped. Lower --lr, then --resume "
                                        f"from {out / CHECKPOINT_DIR}")
+            if cfg.lr_schedule == "cosine":  # a function of the step, so resume needs no scheduler state
+                for group in self.optimizer.param_groups:
+                    group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * self.step / cfg.steps))
             self.optimizer.step()
             self.step += 1
             bar.update(1)
