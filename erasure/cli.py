@@ -234,47 +234,43 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_export(args) -> int:
+def _export(erasure_dir: str, out_dir: str, part) -> Path:
+    """Write `part(pipeline)` (a diffusers model or pipeline) with save_pretrained into an empty
+    `out_dir`, through a temp folder renamed at the end (nothing half-written under the name)."""
     import shutil
 
-    from .io import read_manifest
     from .pipelines import ErasedPipeline
 
-    read_manifest(args.erasure_dir)
-    out = Path(args.out)
+    out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not empty; choose a new --out")
-    pipe = ErasedPipeline.from_pretrained(args.erasure_dir)
+    pipe = ErasedPipeline.from_pretrained(erasure_dir)
     tmp = out.with_name(out.name + ".tmp-export")
     shutil.rmtree(tmp, ignore_errors=True)
-    pipe.to_standard().save_pretrained(tmp, safe_serialization=True)
+    part(pipe).save_pretrained(tmp, safe_serialization=True)
     if out.exists():
         out.rmdir()
     tmp.rename(out)
+    return out
+
+
+def cmd_export(args) -> int:
+    from .io import read_manifest
+
+    read_manifest(args.erasure_dir)
+    out = _export(args.erasure_dir, args.out, lambda pipe: pipe.to_standard())
     print(f"wrote a complete Stable Diffusion folder to {out} (loads with StableDiffusionPipeline.from_pretrained)")
     return 0
 
 
 def cmd_export_text_encoder(args) -> int:
-    import shutil
-
     from .io import read_manifest
-    from .pipelines import ErasedPipeline
 
     manifest = read_manifest(args.erasure_dir)
     if not any(k.startswith("text_encoder.") for k in manifest["changed_tensors"]):
         raise UserError(f"{args.erasure_dir} changes no text-encoder weight (method {manifest['method']}); "
                         "use erasure export for a full pipeline folder")
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} exists and is not empty; choose a new --out")
-    pipe = ErasedPipeline.from_pretrained(args.erasure_dir)
-    tmp = out.with_name(out.name + ".tmp-export")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.text_encoder.save_pretrained(tmp, safe_serialization=True)
-    if out.exists():
-        out.rmdir()
-    tmp.rename(out)
+    out = _export(args.erasure_dir, args.out, lambda pipe: pipe.text_encoder)
     print(f"wrote a CLIPTextModel folder to {out}: StableDiffusionPipeline.from_pretrained(BASE, "
           f"text_encoder=CLIPTextModel.from_pretrained('{out}'))")
     return 0
