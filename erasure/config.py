@@ -36,6 +36,8 @@ class EraseConfig:
     lr: float = doc("learning rate", default=1e-5)
     lr_schedule: str = doc("learning rate over the run: constant (the papers) or cosine (decays to 0 at the last step)",
                            default="constant")
+    ema: float = doc("if > 0, save an exponential moving average of the trained weights with this decay "
+                     "(e.g. 0.99) instead of the last step's", default=0.0)
     batch_size: int = doc("samples per step", default=1)
     grad_accum: int = doc("gradient accumulation micro-steps per optimizer step", default=1)
     seed: int = doc("seed for every random draw of the run", default=0)
@@ -60,6 +62,8 @@ class EraseConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
         if not self.lr > 0:
             raise UserError(f"--lr must be positive (got {self.lr})")
+        if not 0 <= self.ema < 1:
+            raise UserError(f"--ema must be in [0, 1) (got {self.ema})")
         if self.lr_schedule not in ("constant", "cosine"):
             raise UserError(f"--lr-schedule must be constant or cosine (got '{self.lr_schedule}')")
         if self.checkpoint_every < 0:

@@ -229,3 +229,25 @@ def test_cosine_schedule_decays_the_learning_rate_and_resumes_exactly(tiny_sd_di
     assert all(torch.equal(v, resumed.trainable[k]) for k, v in full.trainable.items())
     with pytest.raises(UserError, match="--lr-schedule must be constant or cosine"):
         make_config("esd-x", tiny_sd_dir, lr_schedule="linear")
+
+
+def test_ema_weights_are_saved_and_resume_exactly(tiny_sd_dir, tmp_path):
+    from erasure.io import WEIGHTS_NAME
+    from erasure.io_utils import load_tensors
+
+    plain = trainer_for(make_config("esd-x", tiny_sd_dir, steps=4))
+    plain.train(tmp_path / "plain")
+    config = make_config("esd-x", tiny_sd_dir, steps=4, ema=0.5)
+    full = trainer_for(config)
+    base = {k: p.detach().clone() for k, p in full.trainable.items()}
+    full.train(tmp_path / "full")
+    saved = load_tensors(tmp_path / "full" / WEIGHTS_NAME)
+    # the same optimizer steps as the plain run, averaged: between the base and the last step
+    assert any(not torch.equal(saved[k], plain.trainable[k]) for k in saved)
+    assert all(torch.equal(saved[k], full.trainable[k]) for k in saved)
+    k = next(iter(saved))
+    assert (saved[k] - base[k]).abs().sum() < (plain.trainable[k] - base[k]).abs().sum()
+    trainer_for(config).train(tmp_path / "cut", stop_after=2)
+    resumed = trainer_for(config)
+    resumed.train(tmp_path / "cut", resume=True)
+    assert all(torch.equal(v, resumed.trainable[k]) for k, v in full.trainable.items())

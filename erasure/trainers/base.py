@@ -69,6 +69,7 @@ class Trainer:
                         p.data = p.data.to(torch.bfloat16)
         self.base_hash = hash_tensors(base_tensors(self.pipe, list(self.trainable)))
         self.optimizer = self.make_optimizer()
+        self.ema_weights = {k: p.detach().clone() for k, p in self.trainable.items()} if config.ema else None
         self.setup()
 
     # ----------------------------------------------------------------- hooks for methods
@@ -133,10 +134,13 @@ class Trainer:
                               steps=getattr(cfg, "data_steps", 0) or sampling["num_inference_steps"],
                               autocast=self.autocast)
 
-    def noised(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x_t, t, noise) with t uniform over the training schedule: the standard denoising draw."""
-        t = self.randint(len(self.alphas_cumprod), (len(x0),)).to(self.device)
-        noise = self.randn(*x0.shape)
+    def noised(self, x0: torch.Tensor, generator: torch.Generator | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x_t, t, noise) with t uniform over the training schedule: the standard denoising draw
+        (from the run's generator unless another is given)."""
+        g = generator or self.generator
+        t = torch.randint(0, len(self.alphas_cumprod), (len(x0),), generator=g).to(self.device)
+        noise = torch.randn(x0.shape, generator=g).to(self.device)
         return add_noise(x0, noise, self.alphas_cumprod, t), t, noise
 
     def randint(self, high: int, size: tuple[int, ...] = ()) -> torch.Tensor:
@@ -152,6 +156,8 @@ class Trainer:
         opt_tensors, opt_meta = optimizer_to_tensors(self.optimizer)
         tensors |= opt_tensors
         tensors |= {f"extra.{k}": v for k, v in self.extra_state().items()}
+        if self.ema_weights is not None:
+            tensors |= {f"ema.{k}": v for k, v in self.ema_weights.items()}
         tensors["rng.generator"] = self.generator.get_state()
         tensors["rng.torch"] = torch.get_rng_state()
         save_tensors(ckpt / "state.safetensors", tensors)
@@ -174,6 +180,8 @@ class Trainer:
             for k, p in self.trainable.items():
                 p.copy_(tensors[f"param.{k}"])
         optimizer_from_tensors(self.optimizer, tensors, meta["optimizer"])
+        if self.ema_weights is not None:
+            self.ema_weights = {k: tensors[f"ema.{k}"].clone() for k in self.trainable}
         self.load_extra_state({k[6:]: v for k, v in tensors.items() if k.startswith("extra.")})
         self.generator.set_state(tensors["rng.generator"].cpu())
         torch.set_rng_state(tensors["rng.torch"].cpu())
@@ -214,6 +222,10 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * self.step / cfg.steps))
             self.optimizer.step()
+            if self.ema_weights is not None:
+                with torch.no_grad():
+                    for k, p in self.trainable.items():
+                        self.ema_weights[k].lerp_(p.detach(), 1 - cfg.ema)
             self.step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{total:.4g}", **{k: f"{v:.3g}" for k, v in logs.items()})
@@ -229,5 +241,9 @@ class Trainer:
         return out
 
     def save(self, out_dir: str | Path) -> Path:
+        if self.ema_weights is not None:  # the saved model is the average; the live one becomes it too
+            with torch.no_grad():
+                for k, p in self.trainable.items():
+                    p.copy_(self.ema_weights[k])
         tensors = {k: v.detach() for k, v in self.trainable.items()}
         return save_erasure(out_dir, self.config, tensors, self.base_hash, self.base_path)

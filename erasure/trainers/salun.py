@@ -121,10 +121,12 @@ class SalUnTrainer(Trainer):
         cfg: SalUnConfig = self.config
         grads = {k: torch.zeros_like(p, dtype=torch.float32) for k, p in self.trainable.items()}
         data = self.forget_data
+        # its own random stream: the training draws must not depend on whether the mask was cached
+        generator = torch.Generator().manual_seed(cfg.seed + 7919)
         for start in tqdm(range(0, len(data), cfg.batch_size), desc="SalUn saliency mask", dynamic_ncols=True):
             x0 = data.latents[start:start + cfg.batch_size].to(self.device)
             c_f = self.c_forget[data.prompt_ids[start:start + cfg.batch_size].to(self.device)]
-            x_t, t, noise = self.noised(x0)
+            x_t, t, noise = self.noised(x0, generator)
             with self.autocast():
                 eps_f = self.unet(x_t, t, encoder_hidden_states=c_f).sample.float()
                 eps_0 = self.unet(x_t, t, encoder_hidden_states=self.c_empty.expand(len(x0), -1, -1)).sample.float()
