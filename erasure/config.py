@@ -100,7 +100,7 @@ class EraseConfig:
         cls = spec.config_cls
         layered = dict(spec.defaults)
         if str(data.get("base_model", "minisd")).strip().lower() == "minisd":
-            layered |= cls.minisd_defaults | spec.minisd_defaults
+            layered |= cls.minisd_defaults
         layered |= cls.concept_defaults.get(str(data.get("concept", "")).strip().lower(), {})
         return cls(**{**layered, **data, "method": spec.name})
 

@@ -17,7 +17,6 @@ class MethodSpec:
     config_cls: type
     trainer_cls: type
     defaults: dict[str, Any] = field(default_factory=dict)  # config fields this name presets
-    minisd_defaults: dict[str, Any] = field(default_factory=dict)  # and on MiniSD, over the config class's
 
     @property
     def description(self) -> str:
@@ -35,13 +34,12 @@ class MethodSpec:
 _METHODS: dict[str, MethodSpec] = {}
 
 
-def register_method(name: str, config_cls: type, trainer_cls: type, minisd_defaults: dict | None = None,
-                    **defaults: Any) -> None:
+def register_method(name: str, config_cls: type, trainer_cls: type, **defaults: Any) -> None:
     if name != name.lower() or not name:
         raise ValueError(f"method names are lower-case: {name!r}")
     if name in _METHODS:
         raise ValueError(f"method {name!r} is registered twice")
-    _METHODS[name] = MethodSpec(name, config_cls, trainer_cls, defaults, minisd_defaults or {})
+    _METHODS[name] = MethodSpec(name, config_cls, trainer_cls, defaults)
 
 
 def _load_builtin_methods() -> None:

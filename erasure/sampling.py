@@ -6,12 +6,14 @@ from __future__ import annotations
 import torch
 
 
-@torch.no_grad()
-def encode_prompts(tokenizer, text_encoder, prompts: list[str], device: torch.device | str) -> torch.Tensor:
-    """(B, 77, D) last hidden states, as Stable Diffusion conditions on them."""
+def encode_prompts(tokenizer, text_encoder, prompts: list[str], device: torch.device | str,
+                   grad: bool = False) -> torch.Tensor:
+    """(B, 77, D) last hidden states, as Stable Diffusion conditions on them; `grad=True` keeps the
+    graph (a method that trains the text encoder)."""
     ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids.to(device)
-    return text_encoder(ids)[0]
+    with torch.set_grad_enabled(grad):
+        return text_encoder(ids)[0]
 
 
 def cfg(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, guidance: float) -> torch.Tensor:

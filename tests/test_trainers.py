@@ -216,6 +216,17 @@ def test_bf16_keeps_trained_weights_fp32_and_frozen_ones_bf16(tiny_sd_dir, tmp_p
     assert ErasedPipeline.from_pretrained(tmp_path / "out").unet.dtype == torch.float32
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_in_bf16(method, tiny_sd_dir, tmp_path):
+    """bf16 is the default on CUDA: every method must run in it (a trained text encoder mixes
+    fp32 layers with bf16 embeddings; AdvUnlearn once crashed on that)."""
+    trainer = trainer_for(make_config(method, tiny_sd_dir, steps=2, dtype="bfloat16"))
+    before = {k: v.detach().clone() for k, v in trainer.trainable.items()}
+    trainer.train(tmp_path / "out")
+    assert all(v.dtype == torch.float32 for v in trainer.trainable.values())
+    assert any(not torch.equal(before[k], v) for k, v in trainer.trainable.items())
+
+
 def test_cosine_schedule_decays_the_learning_rate_and_resumes_exactly(tiny_sd_dir, tmp_path):
     import math
 

@@ -41,7 +41,6 @@ from ..attacks.text import encode_with_prefix
 from ..config import doc
 from ..errors import UserError
 from ..registry import register_method
-from ..sampling import ddim_trajectory, encode_prompts
 from .esd import ESDConfig, ESDTrainer
 
 COCO_RETAIN = Path(__file__).resolve().parents[1] / "data" / "prompts" / "coco_objects.txt"
@@ -92,6 +91,9 @@ class AdvUnlearnConfig(ESDConfig):
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
         if self.attack_warmup < 0 or self.retain_weight < 0:
             raise UserError("--attack-warmup and --retain-weight must be >= 0")
+        if self.erase_from:
+            raise UserError("advunlearn does not support --erase-from (its adversarial prompt is built on the forget "
+                            "prompt); use esd-x/esd-u for that")
 
 
 class AdvUnlearnTrainer(ESDTrainer):
@@ -111,7 +113,6 @@ class AdvUnlearnTrainer(ESDTrainer):
     def setup(self) -> None:
         super().setup()  # ESD: frozen UNet (= the UNet, which never trains), concept prompts, c_0, trajectories
         cfg: AdvUnlearnConfig = self.config
-        self.frozen_text_encoder = self.frozen_copy(self.text_encoder)
         if cfg.retain_prompts_file:
             from ..concepts import _read_prompt_file
             self.retain_set = _read_prompt_file(Path(cfg.retain_prompts_file))
@@ -119,7 +120,8 @@ class AdvUnlearnTrainer(ESDTrainer):
             self.retain_set = [p for c in cfg.concepts for p in self.retain_prompts(c)]
         else:
             self.retain_set = [line.strip() for line in COCO_RETAIN.read_text().splitlines() if line.strip()]
-        self.c_retain_frozen = encode_prompts(self.tokenizer, self.frozen_text_encoder, self.retain_set, self.device)
+        # θ*'s embeddings of the retain prompts (setup runs before any step, also on resume)
+        self.c_retain_frozen = self.embed(self.retain_set)
         self.retain_cache: tuple[torch.Tensor, torch.Tensor] | None = None
         self.retain_born = -1
 
@@ -127,7 +129,7 @@ class AdvUnlearnTrainer(ESDTrainer):
         """The trained text encoder's embedding of forget prompts (with the adversarial prefix)."""
         prompts = [self.forget_prompt_sets[k][i] for i in prompt_ids.tolist()]
         if prefix is None:
-            return self._encode_with_grad(prompts)
+            return self.embed(prompts, grad=True)
         return encode_with_prefix(self.tokenizer, self.text_encoder, prompts, prefix)
 
     def retain_latents(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -135,26 +137,17 @@ class AdvUnlearnTrainer(ESDTrainer):
         cfg: AdvUnlearnConfig = self.config
         if self.retain_cache is None or self.step - self.retain_born >= cfg.refresh_every:
             ids = self.randint(len(self.retain_set), (cfg.trajectory_batch,))
-            with torch.no_grad(), self.autocast():
-                traj, _ = ddim_trajectory(self.frozen_unet, self.scheduler, self.c_retain_frozen[ids.to(self.device)],
-                                          self.c_empty, self.randn(len(ids), *self.latent_shape), cfg.start_guidance,
-                                          cfg.ddim_steps)
-            self.retain_cache, self.retain_born = (torch.stack(traj[:-1]).float(), ids), self.step
+            latents, _ = self.sample_latents(self.frozen_unet, self.c_retain_frozen[ids.to(self.device)], len(ids))
+            self.retain_cache, self.retain_born = (latents[:-1], ids), self.step
         latents, ids = self.retain_cache
-        self.scheduler.set_timesteps(cfg.ddim_steps, device=self.device)
-        steps, which = self.randint(cfg.ddim_steps, (n,)), self.randint(len(ids), (n,))
-        return latents[steps, which], self.scheduler.timesteps[steps.to(self.device)], ids[which].to(self.device)
+        z_r, t, which = self.draw_cached(latents, n)
+        return z_r, t, ids[which].to(self.device)
 
     def compute_loss(self):
         cfg: AdvUnlearnConfig = self.config
         k = self.rng.randrange(len(cfg.concepts))
         x_t, t, prompt_ids = self.draw_xt(k, cfg.batch_size)
-        b = len(x_t)
-        c_f, c_0 = self.c_forget[k][prompt_ids], self.c_baseline[k][prompt_ids]  # θ*'s text encoder
-        with torch.no_grad():
-            eps_0, eps_f = self.frozen_unet(torch.cat([x_t, x_t]), torch.cat([t, t]),
-                                            encoder_hidden_states=torch.cat([c_0, c_f])).sample.float().chunk(2)
-            target = eps_0 - cfg.negative_guidance * (eps_f - eps_0)  # ESD Eq. 3
+        target, eps_f = self.esd_target(x_t, t, k, prompt_ids)  # ESD Eq. 3 from θ* (its text encoder too)
 
         prefix = None
         logs = {}
@@ -172,17 +165,10 @@ class AdvUnlearnTrainer(ESDTrainer):
         z_r, t_r, retain_ids = self.retain_latents(cfg.retain_batch)
         with torch.no_grad():
             eps_r_frozen = self.frozen_unet(z_r, t_r, encoder_hidden_states=self.c_retain_frozen[retain_ids]).sample.float()
-        retain_prompts = [self.retain_set[i] for i in retain_ids.tolist()]
-        c_r = self._encode_with_grad(retain_prompts)
+        c_r = self.embed([self.retain_set[i] for i in retain_ids.tolist()], grad=True)
         retain_loss = F.mse_loss(self.unet(z_r, t_r, encoder_hidden_states=c_r).sample.float(), eps_r_frozen)
         loss = erase_loss + cfg.retain_weight * retain_loss
         return loss, {**logs, "erase": erase_loss.item(), "retain": retain_loss.item()}
-
-    def _encode_with_grad(self, prompts: list[str]) -> torch.Tensor:
-        """The trained text encoder's embedding, with gradient (sampling.encode_prompts has none)."""
-        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids.to(self.device)
-        return self.text_encoder(ids)[0]
 
     def extra_state(self) -> dict[str, torch.Tensor]:
         state = super().extra_state()

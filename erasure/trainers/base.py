@@ -26,7 +26,7 @@ from ..io_utils import (load_tensors, optimizer_from_tensors, optimizer_to_tenso
 from ..concepts import concept_prompts, default_anchor, mini_substitute, retain_prompts
 from ..models import default_sampling, is_minisd, load_pipeline, pick_device, resolve_model
 from ..selfdata import SelfData, self_generated
-from ..sampling import add_noise
+from ..sampling import add_noise, encode_prompts
 from ..targets import select_parameters
 
 CHECKPOINT_DIR = "checkpoint"
@@ -104,6 +104,11 @@ class Trainer:
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
+
+    def embed(self, prompts: list[str], grad: bool = False) -> torch.Tensor:
+        """(B, 77, D) text-encoder states of `prompts` (with gradient when the encoder trains)."""
+        with self.autocast():  # bf16: a trained text encoder holds fp32 layers beside bf16 embeddings
+            return encode_prompts(self.tokenizer, self.text_encoder, prompts, self.device, grad=grad)
 
     def forget_prompts(self, concept: str) -> list[str]:
         """The prompts that express `concept` in training (erasure/concepts.py)."""

@@ -47,7 +47,7 @@ from ..config import SelfDataConfig, doc
 from ..errors import UserError
 from ..io_utils import optimizer_from_tensors, optimizer_to_tensors
 from ..registry import register_method
-from ..sampling import encode_prompts, predicted_x0
+from ..sampling import predicted_x0
 from .base import Trainer
 
 
@@ -125,7 +125,6 @@ class DoCoTrainer(Trainer):
     def setup(self) -> None:
         cfg: DoCoConfig = self.config
         self.frozen_unet = self.frozen_copy(self.unet)
-        embed = lambda prompts: encode_prompts(self.tokenizer, self.text_encoder, prompts, self.device)  # noqa: E731
         forget_prompts, anchor_prompts = [], []
         for concept in cfg.concepts:
             f, a = self.anchored_prompts(concept)
@@ -133,11 +132,11 @@ class DoCoTrainer(Trainer):
             anchor_prompts += a
         # anchor image i comes from anchor prompt i mod P; its forget twin is forget prompt i mod P
         self.anchor_data = self.self_data(anchor_prompts, cfg.n_anchor)
-        self.c_forget, self.c_anchor = embed(forget_prompts), embed(anchor_prompts)
+        self.c_forget, self.c_anchor = self.embed(forget_prompts), self.embed(anchor_prompts)
         self.retain_data = None
         if cfg.retain_on == "anchor+retain":
             retain_prompts = [p for c in cfg.concepts for p in self.retain_prompts(c)]
-            self.retain_data, self.c_retain = self.self_data(retain_prompts, cfg.n_retain), embed(retain_prompts)
+            self.retain_data, self.c_retain = self.self_data(retain_prompts, cfg.n_retain), self.embed(retain_prompts)
         self.discriminator = PatchDiscriminator(self.unet.config.in_channels).to(self.device)
         self.disc_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.999))
 

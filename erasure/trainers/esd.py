@@ -47,7 +47,7 @@ from ..config import EraseConfig, doc
 from ..errors import UserError
 from ..registry import register_method
 from ..concepts import without_concept
-from ..sampling import ddim_trajectory, encode_prompts
+from ..sampling import ddim_trajectory
 from .base import Trainer
 
 
@@ -69,9 +69,9 @@ class ESDConfig(EraseConfig):
     refresh_every: int = doc("draw fresh trajectories every N steps; 1 = the reference's fresh partial "
                              "trajectory every step (batch_size of them)", default=50)
 
-    # unset fields take these on MiniSD, where training prompts are full captions (docs/esd.md);
-    # the learning rate is per variant, at the registrations below
-    minisd_defaults: ClassVar[dict] = {"steps": 400, "baseline": "context"}
+    # unset fields take these on MiniSD, where training prompts are full captions (docs/esd.md:
+    # the lr was measured for esd-x and esd-u; esd-all and esd-x-strict use it untuned)
+    minisd_defaults: ClassVar[dict] = {"steps": 400, "lr": 1e-3, "baseline": "context"}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -93,16 +93,15 @@ class ESDTrainer(Trainer):
         cfg: ESDConfig = self.config
         trains_unet = any(k.startswith("unet.") for k in self.trainable)
         self.frozen_unet = self.frozen_copy(self.unet) if trains_unet else self.unet  # θ*'s UNet
-        embed = lambda prompts: encode_prompts(self.tokenizer, self.text_encoder, prompts, self.device)  # noqa: E731
-        self.c_empty = embed([""])  # (1, 77, D)
+        self.c_empty = self.embed([""])  # (1, 77, D)
         # per concept, the embeddings of the prompts that express it (erasure/concepts.py): (P_k, 77, D)
         self.forget_prompt_sets = [self.forget_prompts(c) for c in cfg.concepts]
-        self.c_forget = [embed(prompts) for prompts in self.forget_prompt_sets]
+        self.c_forget = [self.embed(prompts) for prompts in self.forget_prompt_sets]
         # c_0 of Eq. 3 per forget prompt: the empty prompt, or the prompt without the concept
-        self.c_baseline = [embed([without_concept(p, c, self.is_minisd) for p in prompts])
+        self.c_baseline = [self.embed([without_concept(p, c, self.is_minisd) for p in prompts])
                            if cfg.baseline == "context" else self.c_empty.expand(len(prompts), -1, -1)
                            for c, prompts in zip(cfg.concepts, self.forget_prompt_sets)]
-        self.c_from = embed([cfg.erase_from]) if cfg.erase_from else None
+        self.c_from = self.embed([cfg.erase_from]) if cfg.erase_from else None
         from diffusers import DDIMScheduler
         self.scheduler = DDIMScheduler.from_config(self.pipe.scheduler.config)
         self.latent_shape = (self.unet.config.in_channels, self.unet.config.sample_size, self.unet.config.sample_size)
@@ -110,15 +109,29 @@ class ESDTrainer(Trainer):
         self.cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.cache_born = -1
 
-    def _trajectories(self, unet, k: int, prompt_ids: torch.Tensor, stop_after: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """DDIM from noise at start_guidance under each trajectory's forget prompt (or c_from)."""
+    def sample_latents(self, unet, cond: torch.Tensor, n: int, stop_after: int | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """n DDIM trajectories (eta 0, CFG start_guidance) from fresh noise under `cond` ((1 or n, 77, D)):
+        latents (steps + 1, n, C, h, w) and the DDIM timesteps."""
         cfg: ESDConfig = self.config
-        cond = self.c_from if self.c_from is not None else self.c_forget[k][prompt_ids.to(self.device)]
-        noise = self.randn(len(prompt_ids), *self.latent_shape)
+        noise = self.randn(n, *self.latent_shape)
         with self.autocast():
             traj, timesteps = ddim_trajectory(unet, self.scheduler, cond, self.c_empty, noise,
                                               cfg.start_guidance, cfg.ddim_steps, stop_after)
         return torch.stack(traj).float(), timesteps
+
+    def draw_cached(self, latents: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """n (x_t, t) pairs from cached trajectories (ddim_steps, B, ...): a random step of a random
+        trajectory each; also which trajectory (n,)."""
+        cfg: ESDConfig = self.config
+        self.scheduler.set_timesteps(cfg.ddim_steps, device=self.device)
+        steps = self.randint(cfg.ddim_steps, (n,))
+        which = self.randint(latents.shape[1], (n,))
+        return latents[steps, which], self.scheduler.timesteps[steps.to(self.device)], which
+
+    def sampling_condition(self, k: int, prompt_ids: torch.Tensor) -> torch.Tensor:
+        """What x_t is sampled under: each trajectory's forget prompt, or c_from."""
+        return self.c_from if self.c_from is not None else self.c_forget[k][prompt_ids.to(self.device)]
 
     def draw_xt(self, k: int, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x_t (batch, C, h, w), its timestep (batch,) and its forget prompt's index (batch,)."""
@@ -128,35 +141,42 @@ class ESDTrainer(Trainer):
             step = int(self.randint(cfg.ddim_steps))
             prompt_ids = self.randint(n_prompts, (batch,))
             unet = self.unet if cfg.sample_with == "trained" else self.frozen_unet
-            traj, timesteps = self._trajectories(unet, k, prompt_ids, stop_after=step)
+            traj, timesteps = self.sample_latents(unet, self.sampling_condition(k, prompt_ids), batch, stop_after=step)
             return traj[step], timesteps[step].repeat(batch), prompt_ids.to(self.device)
         if self.cache_born < 0 or self.step - self.cache_born >= cfg.refresh_every:
             self.cache = {}
             for j in range(len(cfg.concepts)):
                 prompt_ids = self.randint(len(self.forget_prompt_sets[j]), (cfg.trajectory_batch,))
-                self.cache[j] = (self._trajectories(self.frozen_unet, j, prompt_ids, None)[0][:-1], prompt_ids)
+                latents, _ = self.sample_latents(self.frozen_unet, self.sampling_condition(j, prompt_ids),
+                                                 cfg.trajectory_batch)
+                self.cache[j] = (latents[:-1], prompt_ids)
             self.cache_born = self.step
-        self.scheduler.set_timesteps(cfg.ddim_steps, device=self.device)
-        steps = self.randint(cfg.ddim_steps, (batch,))
-        which = self.randint(cfg.trajectory_batch, (batch,))
         latents, prompt_ids = self.cache[k]
-        return latents[steps, which], self.scheduler.timesteps[steps.to(self.device)], prompt_ids[which].to(self.device)
+        x_t, t, which = self.draw_cached(latents, batch)
+        return x_t, t, prompt_ids[which].to(self.device)
+
+    @torch.no_grad()
+    def esd_target(self, x_t: torch.Tensor, t: torch.Tensor, k: int, prompt_ids: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 3 from the frozen θ* (eps*(c_0), eps*(c_f) and eps*(c_from) in one batched call),
+        written so that erase_from generalises it: eps*(c_from) - (1 + eta)(eps*(c_f) - eps*(c_0)).
+        Returns (target, eps*(c_f))."""
+        cfg: ESDConfig = self.config
+        b = len(x_t)
+        c_f, c_0 = self.c_forget[k][prompt_ids], self.c_baseline[k][prompt_ids]
+        conds = [c_0, c_f] + ([self.c_from.expand(b, -1, -1)] if self.c_from is not None else [])
+        eps = self.frozen_unet(torch.cat([x_t] * len(conds)), torch.cat([t] * len(conds)),
+                               encoder_hidden_states=torch.cat(conds)).sample.float().chunk(len(conds))
+        eps_0, eps_f = eps[0], eps[1]
+        eps_from = eps[2] if self.c_from is not None else eps_f
+        return eps_from - (1 + cfg.negative_guidance) * (eps_f - eps_0), eps_f
 
     def compute_loss(self):
         cfg: ESDConfig = self.config
         k = self.rng.randrange(len(cfg.concepts))
         x_t, t, prompt_ids = self.draw_xt(k, cfg.batch_size)
-        b = len(x_t)
-        c_f, c_0 = self.c_forget[k][prompt_ids], self.c_baseline[k][prompt_ids]
-        c_train = self.c_from.expand(b, -1, -1) if self.c_from is not None else c_f
-        with torch.no_grad():  # frozen θ*: eps*(c_0), eps*(c_f) and eps*(c_from) in one batched call
-            conds = [c_0, c_f] + ([c_train] if self.c_from is not None else [])
-            eps = self.frozen_unet(torch.cat([x_t] * len(conds)), torch.cat([t] * len(conds)),
-                                   encoder_hidden_states=torch.cat(conds)).sample.float().chunk(len(conds))
-            eps_0, eps_f = eps[0], eps[1]
-            eps_from = eps[2] if self.c_from is not None else eps_f
-            # Eq. 3, written so that erase_from generalises it: eps*(c_from) - (1 + eta)(eps*(c_f) - eps*(c_0))
-            target = eps_from - (1 + cfg.negative_guidance) * (eps_f - eps_0)
+        target, _ = self.esd_target(x_t, t, k, prompt_ids)
+        c_train = self.c_from.expand(len(x_t), -1, -1) if self.c_from is not None else self.c_forget[k][prompt_ids]
         pred = self.unet(x_t, t, encoder_hidden_states=c_train).sample.float()
         return F.mse_loss(pred, target)
 
@@ -172,7 +192,5 @@ class ESDTrainer(Trainer):
         self.cache_born = int(tensors["cache_born"])
 
 
-# MiniSD learning rates, from the sweep in docs/esd.md (esd-all and esd-x-strict: not tuned, esd-x's)
-MINISD_LR = {"esd-x": 1e-3, "esd-u": 1e-3, "esd-all": 1e-3, "esd-x-strict": 1e-3}
 for _variant in ("esd-x", "esd-u", "esd-all", "esd-x-strict"):
-    register_method(_variant, ESDConfig, ESDTrainer, minisd_defaults={"lr": MINISD_LR[_variant]}, target=_variant)
+    register_method(_variant, ESDConfig, ESDTrainer, target=_variant)

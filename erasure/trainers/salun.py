@@ -43,7 +43,6 @@ from ..config import SelfDataConfig, doc
 from ..errors import UserError
 from ..io_utils import cache_home, load_tensors, save_tensors
 from ..registry import register_method
-from ..sampling import encode_prompts
 from .base import Trainer
 
 MASK_FILE = "salun_mask.safetensors"
@@ -82,7 +81,6 @@ class SalUnTrainer(Trainer):
 
     def setup(self) -> None:
         cfg: SalUnConfig = self.config
-        embed = lambda prompts: encode_prompts(self.tokenizer, self.text_encoder, prompts, self.device)  # noqa: E731
         forget_prompts, anchor_prompts, retain_prompts = [], [], []
         for concept in cfg.concepts:
             f, a = self.anchored_prompts(concept)
@@ -91,8 +89,8 @@ class SalUnTrainer(Trainer):
             retain_prompts += self.retain_prompts(concept)
         self.forget_data = self.self_data(forget_prompts, cfg.n_forget)
         self.retain_data = self.self_data(retain_prompts, cfg.n_retain)
-        self.c_forget, self.c_anchor = embed(forget_prompts), embed(anchor_prompts)
-        self.c_retain, self.c_empty = embed(retain_prompts), embed([""])
+        self.c_forget, self.c_anchor = self.embed(forget_prompts), self.embed(anchor_prompts)
+        self.c_retain, self.c_empty = self.embed(retain_prompts), self.embed([""])
         self.mask = self.load_or_compute_mask()
 
     # ------------------------------------------------------------------ step 2: the saliency mask
