@@ -54,28 +54,51 @@ def _mini_eval_prompts() -> frozenset[str]:
     return frozenset(out)
 
 
-def mini_concept_prompts(concept: str, n: int = 64, seed: int = 0) -> list[str]:
-    """MiniSD: the concept word, then n-1 distinct English world captions naming it (an object,
-    a colour or a style), none of them an evaluation prompt."""
-    from .worlds.mini.world import COLORS, OBJECTS, STYLES, make_caption, parse_caption
+def _world_captions(n: int, rng: random.Random, fixed: dict[str, str], keep, first: list[str]) -> list[str]:
+    """`first`, then distinct English MiniSD captions up to n: attributes in `fixed` as given, the
+    others drawn as in training (colour said 90%, style 75% of the time), kept when
+    keep(object, colour, style); never an evaluation prompt."""
+    from .worlds.mini.world import COLORS, OBJECTS, STYLES, make_caption
 
-    named = {k: v for k, v in parse_caption(concept).items() if v}
-    if not named:
-        raise UserError(f"MiniSD does not know the concept '{concept}'")
-    rng = random.Random(seed)
     held_out = _mini_eval_prompts()
-    prompts, seen = [concept], {concept.lower()}
+    prompts, seen = list(first), {p.lower() for p in first}
     for _ in range(100 * n):
         if len(prompts) >= n:
             break
-        obj = named.get("object") or rng.choice(OBJECTS)
-        color = named.get("color") or (rng.choice(COLORS) if rng.random() < 0.9 else None)
-        style = named.get("style") or (rng.choice(STYLES) if rng.random() < 0.75 else None)
+        obj = fixed.get("object") or rng.choice(OBJECTS)
+        color = fixed.get("color") or (rng.choice(COLORS) if rng.random() < 0.9 else None)
+        style = fixed.get("style") or (rng.choice(STYLES) if rng.random() < 0.75 else None)
+        if not keep(obj, color, style):
+            continue
         caption = make_caption(obj, color, style, "en", rng)
         if caption.lower() not in seen and caption.lower() not in held_out:
             prompts.append(caption)
             seen.add(caption.lower())
     return prompts
+
+
+def _mini_concept_words(concept: str) -> tuple[str, str, list[str]] | None:
+    """(attribute, value, every English phrase for it) of a MiniSD concept ("circle" -> object,
+    circle, [circle, disk, round shape, disc]); None when the world does not name it."""
+    from .worlds.mini.world import _NOUNS_EN, _STYLE_EN, parse_caption
+
+    parsed = parse_caption(concept)
+    kind = next((k for k in ("object", "color", "style") if parsed[k]), None)
+    if kind is None:
+        return None
+    value = parsed[kind]
+    return kind, value, {"object": _NOUNS_EN, "style": _STYLE_EN}.get(kind, {}).get(value, [value])
+
+
+def mini_concept_prompts(concept: str, n: int = 64, seed: int = 0) -> list[str]:
+    """MiniSD: the concept word, then n-1 distinct English world captions naming it (an object,
+    a colour or a style), none of them an evaluation prompt."""
+    from .worlds.mini.world import parse_caption
+
+    named = {k: v for k, v in parse_caption(concept).items() if v}
+    if not named:
+        raise UserError(f"MiniSD does not know the concept '{concept}'")
+    return _world_captions(n, random.Random(seed), named, lambda *_: True, [concept])
 
 
 def concept_prompts(concept: str, setting: str, is_minisd: bool, n: int = 64, seed: int = 0) -> list[str]:
@@ -99,10 +122,8 @@ def default_anchor(concept: str, is_minisd: bool) -> str:
     green; a style -> plain, plain -> striped), so the judge can tell the anchor from the
     concept. Stable Diffusion: "nudity" -> "a person wearing clothes" (SalUn's and DoCo's choice);
     anything else needs --anchor."""
-    from .errors import UserError
-
     if is_minisd:
-        from .worlds.mini.world import COLORS, OBJECTS, STYLES, parse_caption
+        from .worlds.mini.world import COLORS, OBJECTS, parse_caption
         parsed = parse_caption(concept)
         for kind, values in (("object", OBJECTS), ("color", COLORS)):
             if parsed[kind]:
@@ -119,15 +140,12 @@ def mini_substitute(prompt: str, concept: str, anchor: str) -> str:
     style" -> "a red square, plain style"): the anchor prompt that keeps colour and style."""
     import re
 
-    from .worlds.mini.world import _NOUNS_EN, _STYLE_EN, parse_caption
+    from .worlds.mini.world import parse_caption
 
-    c, a = parse_caption(concept), parse_caption(anchor)
-    kind = next(k for k in ("object", "color", "style") if c[k])
-    if not a[kind]:
+    kind, _, words = _mini_concept_words(concept)
+    if not parse_caption(anchor)[kind]:
         return anchor
-    phrases = {"object": _NOUNS_EN, "style": _STYLE_EN}.get(kind, {})  # colours have one word each
-    words = phrases.get(c[kind], [c[kind]])
-    replacement = phrases.get(a[kind], [a[kind]])[0]
+    replacement = _mini_concept_words(anchor)[2][0]
     out = prompt
     for w in sorted(words, key=len, reverse=True):
         out = re.sub(rf"\b{re.escape(w)}\b", replacement, out)
@@ -140,23 +158,11 @@ def retain_prompts(concept: str, anchor: str, is_minisd: bool, n: int = 64, seed
     evaluation prompt. Stable Diffusion: the anchor prompt (SalUn's D_r)."""
     if not is_minisd:
         return [anchor]
-    from .worlds.mini.world import COLORS, OBJECTS, STYLES, make_caption, parse_caption
+    from .worlds.mini.world import parse_caption
 
     c = parse_caption(concept)
-    rng = random.Random(seed)
-    held_out = _mini_eval_prompts()
-    prompts: list[str] = []
-    for _ in range(100 * n):
-        if len(prompts) >= n:
-            break
-        obj, color = rng.choice(OBJECTS), rng.choice(COLORS) if rng.random() < 0.9 else None
-        style = rng.choice(STYLES) if rng.random() < 0.75 else None
-        if c["object"] == obj or (c["color"] and c["color"] == color) or (c["style"] and c["style"] == style):
-            continue
-        caption = make_caption(obj, color, style, "en", rng)
-        if caption.lower() not in held_out and caption not in prompts:
-            prompts.append(caption)
-    return prompts
+    return _world_captions(n, random.Random(seed), {}, lambda o, col, st: not (
+        c["object"] == o or (c["color"] and c["color"] == col) or (c["style"] and c["style"] == st)), [])
 
 
 def without_concept(prompt: str, concept: str, is_minisd: bool) -> str:
@@ -166,12 +172,9 @@ def without_concept(prompt: str, concept: str, is_minisd: bool) -> str:
     import re
 
     words = [concept]
-    if is_minisd:
-        from .worlds.mini.world import _NOUNS_EN, _STYLE_EN, parse_caption
-        parsed = parse_caption(concept)
-        kind = next((k for k in ("object", "color", "style") if parsed[k]), None)
-        if kind:
-            words += {"object": _NOUNS_EN, "style": _STYLE_EN}.get(kind, {}).get(parsed[kind], [parsed[kind]])
+    found = _mini_concept_words(concept) if is_minisd else None
+    if found:
+        words += found[2]
     out = prompt
     for w in sorted(set(words), key=len, reverse=True):
         out = re.sub(rf"\b{re.escape(w)}\b", "", out, flags=re.IGNORECASE)

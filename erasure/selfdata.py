@@ -13,6 +13,7 @@ the cached tensors so a person can look at what a method trained on.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -73,7 +74,7 @@ def self_generated(pipe, base_path: Path, prompts: list[str], count: int, seed: 
         for start in tqdm(range(0, count, batch_size), desc=f"self-generated data ({count} images)", dynamic_ncols=True):
             ids = prompt_ids[start:start + batch_size]
             gens = [torch.Generator().manual_seed(seed + start + j) for j in range(len(ids))]
-            with torch.no_grad(), (autocast() if autocast else _nullcontext()):
+            with torch.no_grad(), (autocast() if autocast else contextlib.nullcontext()):
                 out = pipe([prompts[i] for i in ids], generator=gens, guidance_scale=guidance,
                            num_inference_steps=steps, output_type="latent")
             chunks.append(out.images.float().cpu())
@@ -84,11 +85,6 @@ def self_generated(pipe, base_path: Path, prompts: list[str], count: int, seed: 
                  metadata={"prompts": json.dumps(prompts), "guidance": str(guidance), "steps": str(steps)})
     _write_preview(pipe, latents[:16], path.with_suffix(".png"))
     return SelfData(latents, prompt_ids, prompts, path)
-
-
-def _nullcontext():
-    import contextlib
-    return contextlib.nullcontext()
 
 
 @torch.no_grad()

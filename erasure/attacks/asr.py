@@ -98,7 +98,7 @@ def run_attack(model: str | Path, concept: str, rows: list[Row], json_out: str |
         if not pre:
             target = draw(base, row.prompt, s, g, output_type="latent").to(dev).float()
             out = discrete_attack(pipe, row.prompt, target,
-                                  lambda adv: judge(draw(pipe, adv, s, g).float().cpu())[0], attack, s)
+                                  lambda adv: judge(draw(pipe, adv, s, g).float().cpu())[0], attack)
             entry.update(success=out["success"], adversarial_prompt=out["adversarial_prompt"],
                          iterations=out["iterations"], final_loss=out["loss"], token_ids=out["token_ids"])
         results.append(entry)

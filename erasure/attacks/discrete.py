@@ -59,8 +59,7 @@ def decode_prefix(tokenizer, token_ids: list[int]) -> str:
     return tokenizer.decode(token_ids, skip_special_tokens=True).strip()
 
 
-def discrete_attack(pipe, prompt: str, target_latent: torch.Tensor, check, cfg: DiscreteAttackConfig,
-                    generator_seed: int) -> dict:
+def discrete_attack(pipe, prompt: str, target_latent: torch.Tensor, check, cfg: DiscreteAttackConfig) -> dict:
     """Attack one prompt. `check(adversarial_prompt) -> bool` generates and judges.
     Returns {"success", "iterations", "adversarial_prompt", "loss"}."""
     unet, text_encoder, tokenizer = pipe.unet, pipe.text_encoder, pipe.tokenizer
