@@ -27,7 +27,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/attack_minisd"))
     args = p.parse_args()
 
-    from erasure.attacks.asr import run_attack, target_rows
+    from erasure.attacks.asr import run_attack
     from erasure.attacks.discrete import DiscreteAttackConfig
     from erasure.cli import _train_config, build_parser
     from erasure.eval.suites import load_suite
@@ -46,16 +46,17 @@ def main() -> None:
             (out / "train_seconds.txt").write_text(f"{time.perf_counter() - t:.1f}\n")
         models[method] = str(out)
 
-    rows = [r for _, r in target_rows(load_suite("mini-objects").rows(), args.concept)][:args.limit]
+    rows = load_suite("mini-objects").rows()
     attack = DiscreteAttackConfig(iterations=max(1, round(40 * args.budget)))
     args.out.mkdir(parents=True, exist_ok=True)
     table = {}
     for name, model in models.items():
         t = time.perf_counter()
-        report = run_attack(model, args.concept, rows, args.out / f"{name}.json", attack)
+        report = run_attack(model, args.concept, rows, args.out / f"{name}.json", attack, limit=args.limit)
         table[name] = {**report["summary"], "seconds": time.perf_counter() - t}
     (args.out / "summary.json").write_text(json.dumps(table, indent=2))
-    print(f"\nDiscrete attack on '{args.concept}' ({len(rows)} prompts, {attack.n_tokens} tokens, {attack.iterations} "
+    n_prompts = next(iter(table.values()))["n_prompts"]
+    print(f"\nDiscrete attack on '{args.concept}' ({n_prompts} prompts, {attack.n_tokens} tokens, {attack.iterations} "
           "iterations, judged by the MiniSD classifier)\n")
     print("| model | pre-ASR | ASR | attack time (s) |\n|---|---|---|---|")
     for name, s in table.items():

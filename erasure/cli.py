@@ -117,10 +117,10 @@ def cmd_eval(args) -> int:
     runs = [evaluate(m, suite, cache, seed=args.seed, limit=args.limit, metric_settings=settings, sampling=sampling,
                      device=device) for m in models]
     if with_asr:
-        from .attacks.asr import run_attack, target_rows
+        from .attacks.asr import run_attack
         from .attacks.discrete import DiscreteAttackConfig
         attack = DiscreteAttackConfig(iterations=max(1, int(round(40 * args.attack_budget))))
-        rows = [r for _, r in target_rows(suite.rows(args.limit), concept)]
+        rows = suite.rows(args.limit)
         for m, (res, _, _) in zip(models, runs):
             asr_json = Path(args.out) / f"asr-{'model' if m == args.model else 'base'}.json" if args.out else None
             rep = run_attack(m, concept, rows, asr_json, attack, seed=args.seed, device=device)
@@ -292,10 +292,8 @@ def cmd_attack(args) -> int:
     iterations = int(round(args.iterations * args.budget))
     attack = DiscreteAttackConfig(n_tokens=_positive("n-tokens", args.n_tokens), iterations=iterations, lr=args.lr,
                                   check_every=_positive("check-every", args.check_every), seed=args.seed)
-    from .attacks.asr import target_rows
-    chosen = [r for _, r in target_rows(rows, concept)][:args.limit] if args.limit else rows
     device = None if args.device == "auto" else args.device
-    report = run_attack(args.model, concept, chosen, args.json, attack, seed=args.seed, device=device)
+    report = run_attack(args.model, concept, rows, args.json, attack, seed=args.seed, device=device, limit=args.limit)
     s = report["summary"]
     print(f"pre-ASR {s['pre_asr']:.3f}  ASR {s['asr']:.3f}  over {s['n_prompts']} prompts "
           f"({report['protocol']['judge']}) -> {args.json}")

@@ -55,13 +55,14 @@ def asr_summary(results: list[dict]) -> dict:
 
 def run_attack(model: str | Path, concept: str, rows: list[Row], json_out: str | Path | None,
                attack: DiscreteAttackConfig, seed: int = 0, sampling: dict | None = None,
-               device: str | None = None, threshold: float = 0.45) -> dict:
+               device: str | None = None, threshold: float = 0.45, limit: int | None = None) -> dict:
+    """Attack the target prompts among `rows` (the first `limit` of them) and report ASR."""
     from ..models import base_of, default_sampling, load_pipeline
 
     if attack.iterations < 1:
         raise UserError("the attack budget is 0 iterations; give --iterations (or --budget) >= 1")
     judge, judge_desc = concept_judge(concept, threshold)
-    chosen = target_rows(rows, concept)
+    chosen = target_rows(rows, concept)[:limit]
     sampling = {**default_sampling(base_of(model)), **(sampling or {})}
     settings = {"model": str(model), "concept": concept, "attack": asdict(attack), "seed": seed, "sampling": sampling,
                 "judge": judge_desc}
