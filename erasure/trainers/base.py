@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..config import EraseConfig
@@ -138,6 +139,18 @@ class Trainer:
                               guidance=getattr(cfg, "data_guidance", 0) or sampling["guidance_scale"],
                               steps=getattr(cfg, "data_steps", 0) or sampling["num_inference_steps"],
                               autocast=self.autocast)
+
+    def draw_batch(self, data: SelfData, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A fresh random batch of self-generated latents and their prompt indices."""
+        idx = self.randint(len(data), (size,))
+        return data.latents[idx].to(self.device), data.prompt_ids[idx].to(self.device)
+
+    def denoising_loss(self, data: SelfData, cond: torch.Tensor, size: int) -> torch.Tensor:
+        """The ordinary epsilon-MSE of the trained UNet on a random batch of `data`, each latent
+        under its prompt's embedding (rows of `cond`): the retain loss SalUn and DoCo share."""
+        x0, prompt_ids = self.draw_batch(data, size)
+        x_t, t, noise = self.noised(x0)
+        return F.mse_loss(self.unet(x_t, t, encoder_hidden_states=cond[prompt_ids]).sample.float(), noise)
 
     def noised(self, x0: torch.Tensor, generator: torch.Generator | None = None
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

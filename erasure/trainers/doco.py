@@ -142,10 +142,9 @@ class DoCoTrainer(Trainer):
 
     def compute_loss(self):
         cfg: DoCoConfig = self.config
-        idx = self.randint(len(self.anchor_data), (cfg.batch_size,))
-        prompt_ids = self.anchor_data.prompt_ids[idx].to(self.device)
+        x0, prompt_ids = self.draw_batch(self.anchor_data, cfg.batch_size)
         c_a, c_f = self.c_anchor[prompt_ids], self.c_forget[prompt_ids]
-        x_t, t, noise = self.noised(self.anchor_data.latents[idx].to(self.device))
+        x_t, t, noise = self.noised(x0)
         with torch.no_grad():  # "real": the original model's clean-latent prediction for the anchor
             real = predicted_x0(x_t, self.frozen_unet(x_t, t, encoder_hidden_states=c_a).sample.float(),
                                 self.alphas_cumprod, t)
@@ -169,11 +168,7 @@ class DoCoTrainer(Trainer):
         eps_anchor = self.unet(x_t, t, encoder_hidden_states=c_a).sample.float()
         retain_loss = F.mse_loss(eps_anchor, noise)
         if self.retain_data is not None:
-            ridx = self.randint(len(self.retain_data), (cfg.batch_size,))
-            x_rt, t_r, noise_r = self.noised(self.retain_data.latents[ridx].to(self.device))
-            c_r = self.c_retain[self.retain_data.prompt_ids[ridx].to(self.device)]
-            retain_loss = (retain_loss + F.mse_loss(self.unet(x_rt, t_r, encoder_hidden_states=c_r).sample.float(),
-                                                    noise_r)) / 2
+            retain_loss = (retain_loss + self.denoising_loss(self.retain_data, self.c_retain, cfg.batch_size)) / 2
         params = list(self.trainable.values())
         g_adv = torch.autograd.grad(adv_loss, params, allow_unused=True)
         g_ret = torch.autograd.grad(retain_loss, params, allow_unused=True)

@@ -139,23 +139,15 @@ class SalUnTrainer(Trainer):
         return {k: g.abs() >= threshold for k, g in grads.items()}
 
     # ------------------------------------------------------------------ step 3: masked relabelling
-    def batch(self, data, cond: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """A fresh random batch of latents and their prompt embeddings."""
-        idx = self.randint(len(data), (size,))
-        return data.latents[idx].to(self.device), cond[data.prompt_ids[idx].to(self.device)]
-
     def compute_loss(self):
         cfg: SalUnConfig = self.config
-        idx = self.randint(len(self.forget_data), (cfg.batch_size,))
-        prompt_ids = self.forget_data.prompt_ids[idx].to(self.device)
-        x_t, t, _ = self.noised(self.forget_data.latents[idx].to(self.device))
+        x0, prompt_ids = self.draw_batch(self.forget_data, cfg.batch_size)
+        x_t, t, _ = self.noised(x0)
         with torch.no_grad():  # sg[eps_theta(x_t, t, c_a)]: the current model's anchor prediction, detached
             target = self.unet(x_t, t, encoder_hidden_states=self.c_anchor[prompt_ids]).sample.float()
         forget_loss = F.mse_loss(self.unet(x_t, t, encoder_hidden_states=self.c_forget[prompt_ids]).sample.float(), target)
 
-        x_r, c_r = self.batch(self.retain_data, self.c_retain, cfg.batch_size)
-        x_rt, t_r, noise_r = self.noised(x_r)
-        retain_loss = F.mse_loss(self.unet(x_rt, t_r, encoder_hidden_states=c_r).sample.float(), noise_r)
+        retain_loss = self.denoising_loss(self.retain_data, self.c_retain, cfg.batch_size)
         loss = forget_loss + cfg.alpha * retain_loss
         return loss, {"forget": forget_loss.item(), "retain": retain_loss.item()}
 
