@@ -125,3 +125,16 @@ def test_advunlearn_layer_subsets_train_only_those_layers(tiny_sd_dir):
     assert trainer.trainable and all(".layers.0." in k for k in trainer.trainable)
     with pytest.raises(UserError, match="--layers must be 'all' or indices"):
         make_config("advunlearn", tiny_sd_dir, layers="first")
+
+
+def test_eval_runs_asr_as_a_metric_beside_the_suite(tmp_path):
+    out = tmp_path / "r.json"
+    assert run(["eval", "--model", "minisd", "--suite", "mini-objects", "--limit", "2", "--images-per-prompt", "1",
+                "--metrics", "mini_classifier,asr", "--concept", "circle", "--attack-budget", "0.05",
+                "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["summary"]["pre_asr"] == 1.0 and result["summary"]["asr"] == 1.0  # base MiniSD draws circles
+    assert result["metrics"]["asr"]["summary"]["n_prompts"] == 2
+    assert "erasure_rate" in result["summary"]  # the concept also turns on erasure/retention
+    assert run(["eval", "--model", "minisd", "--suite", "mini-objects", "--metrics", "asr", "--json",
+                str(tmp_path / "x.json")]) == 2  # asr without a concept: one-line error
