@@ -1,3 +1,4 @@
 from .erased import ErasedPipeline
+from .one_step import OneStepScheduler
 
-__all__ = ["ErasedPipeline"]
+__all__ = ["ErasedPipeline", "OneStepScheduler"]

@@ -6,9 +6,18 @@
 
 In every other respect it is a StableDiffusionPipeline (call signature, schedulers, `.to()`,
 dtype). Given a plain Stable Diffusion folder (or 'minisd') it loads that unchanged.
+
+One-step erasures (SFD: the manifest says `"sampling": {"one_step": true, "t_init": ...}`) get
+a `OneStepScheduler` and sample in ONE UNet call: `pipe("a red circle")` defaults to
+num_inference_steps=1 and guidance_scale=1.0 (no classifier-free guidance: the generator was
+distilled from the guided teacher, so guidance is baked in; a caller may still pass a
+guidance_scale). Asking for more steps is a UserError rather than a silent single step, and so
+is sampling after swapping in another scheduler (`pipe.scheduler = DDIMScheduler(...)`): the
+weights are a generator, not a denoiser, and a multi-step sampler would draw noise.
 """
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 from diffusers import StableDiffusionPipeline
@@ -16,10 +25,35 @@ from diffusers import StableDiffusionPipeline
 from ..errors import UserError
 from ..io import apply_erasure, is_erasure_dir, read_manifest
 from ..models import resolve_model
+from .one_step import OneStepScheduler
+
+_CALL_ARGS = list(inspect.signature(StableDiffusionPipeline.__call__).parameters)[1:]
 
 
 class ErasedPipeline(StableDiffusionPipeline):
     erasure_manifest: dict | None = None
+
+    @property
+    def one_step(self) -> bool:
+        """Whether this is a one-step generator (an SFD erasure, or a folder exported from one)."""
+        manifest_says = bool(((self.erasure_manifest or {}).get("sampling") or {}).get("one_step"))
+        return manifest_says or isinstance(self.scheduler, OneStepScheduler)
+
+    def __call__(self, *args, **kwargs):
+        if self.one_step:
+            kwargs = {**dict(zip(_CALL_ARGS, args)), **kwargs}
+            args = ()
+            if not isinstance(self.scheduler, OneStepScheduler):
+                raise UserError(f"this erasure is a one-step generator and samples with OneStepScheduler only "
+                                f"(got {type(self.scheduler).__name__}); reload it or set "
+                                f"pipe.scheduler = OneStepScheduler.from_base(pipe.scheduler.config, t_init)")
+            if kwargs.get("num_inference_steps") is None:
+                kwargs["num_inference_steps"] = 1
+            kwargs.setdefault("guidance_scale", 1.0)
+            if kwargs["num_inference_steps"] != 1:
+                raise UserError(f"this erasure is a one-step generator (OneStepScheduler): sample with "
+                                f"num_inference_steps=1 (got {kwargs['num_inference_steps']})")
+        return super().__call__(*args, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, base_model: str | None = None, **kwargs):
@@ -31,6 +65,9 @@ class ErasedPipeline(StableDiffusionPipeline):
             pipe = super().from_pretrained(base, **kwargs)
             apply_erasure(pipe, path, manifest)
             pipe.erasure_manifest = manifest
+            sampling = manifest.get("sampling") or {}
+            if sampling.get("one_step"):
+                pipe.scheduler = OneStepScheduler.from_base(pipe.scheduler.config, int(sampling["t_init"]))
             return pipe
         if base_model is not None:
             raise UserError(f"{path} is not an erasure folder (no erasure_config.json), so base_model= does not apply")
