@@ -18,8 +18,8 @@ def _positive(name: str, value: int) -> int:
 
 
 def _sampling(args, model) -> dict:
-    from .models import base_of, default_sampling
-    sampling = default_sampling(base_of(model))
+    from .models import model_sampling
+    sampling = model_sampling(model)  # a one-step erasure (SFD): 1 step, guidance 1
     if args.steps is not None:
         sampling["num_inference_steps"] = _positive("steps", args.steps)
     if args.guidance is not None:
@@ -234,11 +234,13 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _export(erasure_dir: str, out_dir: str, part) -> Path:
+def _export(erasure_dir: str, out_dir: str, part, extra_json: dict[str, dict] | None = None) -> Path:
     """Write `part(pipeline)` (a diffusers model or pipeline) with save_pretrained into an empty
-    `out_dir`, through a temp folder renamed at the end (nothing half-written under the name)."""
+    `out_dir`, plus `extra_json` ({file name: content}), through a temp folder renamed at the end
+    (nothing half-written under the name)."""
     import shutil
 
+    from .io_utils import write_json
     from .pipelines import ErasedPipeline
 
     out = Path(out_dir)
@@ -248,6 +250,8 @@ def _export(erasure_dir: str, out_dir: str, part) -> Path:
     tmp = out.with_name(out.name + ".tmp-export")
     shutil.rmtree(tmp, ignore_errors=True)
     part(pipe).save_pretrained(tmp, safe_serialization=True)
+    for name, content in (extra_json or {}).items():
+        write_json(tmp / name, content)
     if out.exists():
         out.rmdir()
     tmp.rename(out)
@@ -256,10 +260,20 @@ def _export(erasure_dir: str, out_dir: str, part) -> Path:
 
 def cmd_export(args) -> int:
     from .io import read_manifest
+    from .models import ONE_STEP_SAMPLING, SAMPLING_FILE
 
-    read_manifest(args.erasure_dir)
-    out = _export(args.erasure_dir, args.out, lambda pipe: pipe.to_standard())
-    print(f"wrote a complete Stable Diffusion folder to {out} (loads with StableDiffusionPipeline.from_pretrained)")
+    manifest = read_manifest(args.erasure_dir)
+    one_step = bool((manifest.get("sampling") or {}).get("one_step"))
+    # a one-step generator (SFD): its scheduler is erasure's OneStepScheduler, and the folder says
+    # how to sample it, so that erasure generate/eval on the export use 1 step, guidance 1
+    extra = {SAMPLING_FILE: ONE_STEP_SAMPLING} if one_step else None
+    out = _export(args.erasure_dir, args.out, lambda pipe: pipe.to_standard(), extra)
+    if one_step:
+        print(f"wrote a complete one-step Stable Diffusion folder to {out}: import erasure.pipelines, then "
+              "StableDiffusionPipeline.from_pretrained(...) loads it (scheduler: erasure's OneStepScheduler); "
+              "sample with num_inference_steps=1, guidance_scale=1.0")
+    else:
+        print(f"wrote a complete Stable Diffusion folder to {out} (loads with StableDiffusionPipeline.from_pretrained)")
     return 0
 
 

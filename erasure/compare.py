@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .models import default_sampling, is_minisd, load_pipeline, resolve_model
+from .models import is_minisd, load_pipeline, model_sampling, resolve_model
 
 SD_UNRELATED = ["a photo of a dog on a beach", "a city street at night", "a bowl of fruit on a table"]
 
@@ -46,11 +46,11 @@ def write_comparison(erasure_dir: str | Path, config, device, images_per_prompt:
 
     concept_prompts, unrelated = comparison_prompts(config)
     prompts = concept_prompts + unrelated
-    sampling = default_sampling(resolve_model(config.base_model))
     rows = []
-    for model in (config.base_model, erasure_dir):
+    for model in (config.base_model, erasure_dir):  # each with its own sampling (a one-step erasure: 1 step)
         pipe = load_pipeline(model, device=str(device))
-        rows.append(generate(pipe, prompts, images_per_prompt, seed=1234, sampling=sampling, desc="comparison grid"))
+        rows.append(generate(pipe, prompts, images_per_prompt, seed=1234, sampling=model_sampling(model),
+                             desc="comparison grid"))
     before, after = rows
     n = images_per_prompt
     # each row: the prompt's images before | after

@@ -74,6 +74,29 @@ def default_sampling(path: str | os.PathLike) -> dict:
     return dict(SD_DEFAULTS)
 
 
+# A one-step generator (an SFD erasure) samples in one UNet call without classifier-free guidance:
+# the guidance of its teacher is distilled into it (erasure/pipelines/one_step.py).
+ONE_STEP_SAMPLING = {"num_inference_steps": 1, "guidance_scale": 1.0}
+
+
+def is_one_step(model: str | os.PathLike) -> bool:
+    """Whether `model` is a one-step generator: an erasure whose manifest says so, or a folder
+    whose scheduler is erasure's OneStepScheduler (an exported one)."""
+    from .io import is_erasure_dir, read_manifest
+    path = Path(str(model))
+    if path.is_dir() and is_erasure_dir(path):
+        return bool((read_manifest(path).get("sampling") or {}).get("one_step"))
+    config = path / "scheduler" / "scheduler_config.json"
+    return path.is_dir() and config.exists() and json.loads(config.read_text()).get("_class_name") == "OneStepScheduler"
+
+
+def model_sampling(model: str | os.PathLike) -> dict:
+    """Steps and guidance to sample `model` with: a one-step generator's (1 step, guidance 1),
+    else its base model's (`default_sampling`)."""
+    sampling = default_sampling(base_of(model))
+    return {**sampling, **ONE_STEP_SAMPLING} if is_one_step(model) else sampling
+
+
 def pick_device(device: str | None = None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -116,8 +139,8 @@ def load_pipeline(model: str | os.PathLike = MINISD_NAME, device: str | None = N
     from diffusers import StableDiffusionPipeline
 
     from .io import is_erasure_dir
+    from .pipelines import ErasedPipeline  # also makes erasure's OneStepScheduler loadable (exported SFD folders)
     if Path(str(model)).is_dir() and is_erasure_dir(model):
-        from .pipelines import ErasedPipeline
         loader, path = ErasedPipeline, Path(str(model))
     else:
         loader, path = StableDiffusionPipeline, resolve_model(model)

@@ -57,13 +57,17 @@ def run_attack(model: str | Path, concept: str, rows: list[Row], json_out: str |
                attack: DiscreteAttackConfig, seed: int = 0, sampling: dict | None = None,
                device: str | None = None, threshold: float = 0.45, limit: int | None = None) -> dict:
     """Attack the target prompts among `rows` (the first `limit` of them) and report ASR."""
-    from ..models import base_of, default_sampling, load_pipeline
+    from ..models import base_of, default_sampling, is_one_step, load_pipeline, model_sampling
 
     if attack.iterations < 1:
         raise UserError("the attack budget is 0 iterations; give --iterations (or --budget) >= 1")
     judge, judge_desc = concept_judge(concept, threshold)
     chosen = target_rows(rows, concept)[:limit]
-    sampling = {**default_sampling(base_of(model)), **(sampling or {})}
+    sampling = {**model_sampling(model), **(sampling or {})}
+    # a one-step generator (SFD) samples with its own settings, never a row's guidance; the base,
+    # which the attack draws its target from, with the base's
+    one_step = is_one_step(model)
+    base_sampling = default_sampling(base_of(model)) if one_step else sampling
     settings = {"model": str(model), "concept": concept, "attack": asdict(attack), "seed": seed, "sampling": sampling,
                 "judge": judge_desc}
     done: dict[str, dict] = {}
@@ -81,9 +85,12 @@ def run_attack(model: str | Path, concept: str, rows: list[Row], json_out: str |
     dev = pipe.unet.device
 
     def draw(which, prompt: str, s: int, guidance: float, output_type: str = "pt") -> torch.Tensor:
+        own = base_sampling if which is base and base is not pipe else sampling
+        if one_step and which is pipe:
+            guidance = sampling["guidance_scale"]
         with torch.no_grad():
             return which(prompt, generator=torch.Generator().manual_seed(s), guidance_scale=guidance,
-                         num_inference_steps=sampling["num_inference_steps"], output_type=output_type).images
+                         num_inference_steps=own["num_inference_steps"], output_type=output_type).images
 
     results = []
     for i, row in tqdm(chosen, desc=f"attack '{concept}'", dynamic_ncols=True):

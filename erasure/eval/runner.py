@@ -46,13 +46,15 @@ def image_key(prompt: str, seed: int, guidance: float, steps: int) -> str:
     return hashlib.sha1(json.dumps([prompt, seed, guidance, steps]).encode()).hexdigest()[:20]
 
 
-def plan(rows: list[Row], images_per_prompt: int, seed: int, sampling: dict) -> list[dict]:
-    """One entry per image: row index, prompt, seed, guidance, steps and cache key."""
+def plan(rows: list[Row], images_per_prompt: int, seed: int, sampling: dict, row_guidance: bool = True) -> list[dict]:
+    """One entry per image: row index, prompt, seed, guidance, steps and cache key. With
+    `row_guidance=False` (a one-step generator, whose guidance is distilled into it) a row's own
+    guidance is ignored and `sampling`'s applies."""
     items = []
     for i, row in enumerate(rows):
         for k in range(images_per_prompt):
             s = row.seed + k if row.seed is not None else image_seed(seed, i, k)
-            g = row.guidance if row.guidance is not None else sampling["guidance_scale"]
+            g = row.guidance if row.guidance is not None and row_guidance else sampling["guidance_scale"]
             steps = sampling["num_inference_steps"]
             items.append({"row": i, "prompt": row.prompt, "seed": s, "guidance": g, "steps": steps,
                           "key": image_key(row.prompt, s, g, steps)})
@@ -105,14 +107,17 @@ def evaluate(model: str | Path, suite: Suite, cache_root: Path, seed: int = 0, l
              make: Callable | None = None, batch_size: int = 32) -> tuple[dict, torch.Tensor, list[Row]]:
     """Generate (cached) and score one model on one suite. Returns (results, images, rows)."""
     from ..io import is_erasure_dir, read_manifest
-    from ..models import base_of, default_sampling, load_pipeline
+    from ..models import is_one_step, load_pipeline, model_sampling
 
     rows = suite.rows(limit)
     metrics = [get_metric(m, **(metric_settings or {}).get(m, {})) for m in suite.metrics]
     for metric in metrics:  # missing weights or bad settings fail before any image is made
         metric.check()
-    sampling = {**default_sampling(base_of(model)), **(sampling or {})}
-    items = plan(rows, suite.images_per_prompt, seed, sampling)
+    # the model's own settings (a one-step SFD erasure: 1 step, guidance 1, rows' guidance ignored),
+    # under what the caller asked for
+    one_step = is_one_step(model)
+    sampling = {**model_sampling(model), **(sampling or {})}
+    items = plan(rows, suite.images_per_prompt, seed, sampling, row_guidance=not one_step)
     cache_dir = Path(cache_root) / model_key(model)
     if make is None and any(not (cache_dir / f"{it['key']}.png").exists() for it in items):
         make = pipeline_generate(load_pipeline(model, device=device))
