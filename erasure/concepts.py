@@ -27,20 +27,21 @@ from pathlib import Path
 from .errors import UserError
 
 
-def _read_prompt_file(path: Path) -> list[str]:
+def _read_prompt_file(path: Path, flag: str = "--concept-prompts", choices: str = "auto, word,") -> list[str]:
+    """Prompts of a .txt (one per line) or .csv (`prompt` column) file; errors name `flag`."""
     if not path.is_file():
-        raise UserError(f"--concept-prompts: no file at {path}; pass auto, word, or a .txt/.csv prompt file")
+        raise UserError(f"{flag}: no file at {path}; pass {choices} or a .txt/.csv prompt file")
     if path.suffix.lower() == ".csv":
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             if "prompt" not in (reader.fieldnames or []):
-                raise UserError(f"--concept-prompts: {path} has no 'prompt' column")
+                raise UserError(f"{flag}: {path} has no 'prompt' column")
             prompts = [row["prompt"].strip() for row in reader]
     else:
         prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     prompts = [p for p in prompts if p]
     if not prompts:
-        raise UserError(f"--concept-prompts: {path} holds no prompt")
+        raise UserError(f"{flag}: {path} holds no prompt")
     return prompts
 
 
@@ -163,6 +164,13 @@ def retain_prompts(concept: str, anchor: str, is_minisd: bool, n: int = 64, seed
     c = parse_caption(concept)
     return _world_captions(n, random.Random(seed), {}, lambda o, col, st: not (
         c["object"] == o or (c["color"] and c["color"] == col) or (c["style"] and c["style"] == st)), [])
+
+
+def mini_world_captions(n: int = 256, seed: int = 0) -> list[str]:
+    """n distinct English MiniSD captions over every object, colour and style, drawn as in
+    training (the concept's among them); never an evaluation prompt. SFD's remain prompts on
+    MiniSD: the world's ordinary captions, whatever is being forgotten."""
+    return _world_captions(n, random.Random(seed), {}, lambda *_: True, [])
 
 
 def without_concept(prompt: str, concept: str, is_minisd: bool) -> str:

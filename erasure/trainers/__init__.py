@@ -1,2 +1,2 @@
 """One module per method; importing this package registers them all."""
-from . import advunlearn, doco, esd, salun  # noqa: F401
+from . import advunlearn, doco, esd, salun, sfd  # noqa: F401

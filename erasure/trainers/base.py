@@ -96,6 +96,10 @@ class Trainer:
     def load_extra_state(self, tensors: dict[str, torch.Tensor]) -> None:
         pass
 
+    def manifest_extra(self) -> dict:
+        """Entries the method adds to the erasure manifest (SFD: how its one-step generator samples)."""
+        return {}
+
     # ----------------------------------------------------------------- shared helpers
     def frozen_copy(self, module: torch.nn.Module, dtype: torch.dtype | None = None) -> torch.nn.Module:
         """A no-grad copy of `module` as it is now (the original model θ*)."""
@@ -264,4 +268,4 @@ class Trainer:
                 for k, p in self.trainable.items():
                     p.copy_(self.ema_weights[k])
         tensors = {k: v.detach() for k, v in self.trainable.items()}
-        return save_erasure(out_dir, self.config, tensors, self.base_hash, self.base_path)
+        return save_erasure(out_dir, self.config, tensors, self.base_hash, self.base_path, extra=self.manifest_extra())

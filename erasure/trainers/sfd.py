@@ -1,0 +1,424 @@
+"""SFD: Score Forgetting Distillation into a one-step erased generator (Chen, Zhang & Zhou, ICLR 2025).
+
+SFD distils the base model into a ONE-STEP generator with Score identity Distillation (SiD)
+and, in the same objective, makes the generator draw a safe concept where the forgotten one was
+asked for. Three networks, all Stable Diffusion UNets initialised from the base:
+
+  teacher   eps*    the pretrained score net, frozen (the "real" score);
+  fake      eps_psi the score of the generator's own samples, trained by plain denoising on
+                    them (detached), with its own Adam optimizer;
+  generator G       `self.unet` (the weights this method trains and saves): noise at a fixed
+                    t_init, one UNet call, predicted x0:
+                        x_T = sqrt(1 - a) z,  z ~ N(0, I),  a = alphas_cumprod[t_init]
+                        x_g = G(z, c) = (x_T - sqrt(1 - a) eps_G(x_T, t_init, c)) / sqrt(a)
+
+Each optimizer step (one generator update):
+
+ 1. Fake-score update(s) (`fake_updates_per_generator`, 1 in the reference). For a batch of
+    remain prompts c_r: x_g = G(z, c_r) without gradient, x_t = sqrt(a_t) x_g + sqrt(1 - a_t) n,
+    t uniform in [t_min, t_max), and
+        L_fake = sum || eps_psi^w(x_t, t, c_r) - n ||^2 / B
+    where eps^w is the classifier-free-guided prediction at `fake_guidance` (the reference
+    trains the guided prediction, and drops 10% of the prompts to "" so that the unconditional
+    branch learns too). The same loss on the generator's samples of the forget prompts c_f
+    (weight `fake_forget_weight`), so that the fake score also tracks what G now draws for c_f.
+
+ 2. Generator update. SiD's loss on re-noised generator samples, with y_real and y_fake the
+    teacher's and the fake net's denoised (x0) predictions of x_t (both guided):
+        L_SiD(y_real, y_fake, x_g) = sum (y_real - y_fake) . ((y_real - x_g) - alpha (y_real - y_fake)) / w / B
+        w = mean |x_g - y_real| per sample, a constant (no gradient)         [sid_generator_loss]
+    remain term: x_g = G(z, c_r), y_real = teacher(x_t, c_r), y_fake = fake(x_t, c_r);
+    forget term (the score-based unlearning loss): x_g = G(z, c_f), y_real = teacher(x_t, c_a)
+    under the override (safe) concept c_a = --anchor, y_fake = fake(x_t, c_f): the generator's
+    samples for c_f are pushed toward what the teacher predicts for c_a.
+        L_G = remain_weight * L_SiD(remain) + forget_weight * L_SiD(forget)
+    Gradients flow into G through x_g, also through the teacher's and fake net's inputs (their
+    own weights are frozen during this update).
+
+The product is a one-step generator: the erasure manifest records `"sampling": {"one_step":
+true, "t_init": ...}` and `ErasedPipeline.from_pretrained` samples it with OneStepScheduler in
+one UNet call, guidance 1 (erasure/pipelines/one_step.py). The saved tensors are G alone (the
+EMA of G when --ema is set), never the fake net or the teacher.
+
+Two-stage mode (`--two-stage`), the reference's Stable Diffusion recipe (it starts from a
+SiD-LSG-distilled generator): stage one is plain distillation (remain terms only) for
+`--distill-steps`, cached under ~/.cache/erasure/sfd/ keyed by the base weights and every
+setting that shapes it, so several concepts can be forgotten from one distillation; stage two
+loads it as G (the fake net starts again from the teacher, as in the reference) and runs the
+full loss above for `--steps`.
+
+Defaults are the reference's Stable Diffusion run (tqch/score-forgetting-distillation,
+SD/run_sfd.sh and SD/training/training_loop.py): alpha 1, guidance 4.5 for the teacher and the
+fake net, t_init 625, t in [20, 980), batch 8, Adam betas (0, 0.999), fake lr 3e-6, G lr 1e-6,
+all four loss weights 1, one fake update per generator update, no EMA (--ema 0.0).
+
+Where we differ, deliberately:
+  * Single-stage by default: G starts from the teacher's weights and distils and forgets at
+    once. The reference's SD script instead loads a generator pre-distilled with SiD-LSG at
+    batch 512 (our --two-stage, with a far shorter stage one than theirs).
+  * Remain prompts: the reference uses LAION-Aesthetics 6+ captions, which we do not ship. On
+    MiniSD we use the world's own English captions (every object, colour and style; never an
+    evaluation prompt); elsewhere the second half of erasure/data/prompts/coco_10k.csv (its last
+    4,985 of 9,969 captions), so that the coco-10k suite evaluated with --limit <= 4984 stays
+    disjoint from training (the full suite overlaps: pass --remain-prompts FILE for a clean split).
+  * Override prompts: on MiniSD the anchor keeps each caption's colour and style (Trainer.
+    anchored_prompts); elsewhere a forget prompt containing the concept's words has them
+    replaced by the anchor (as the reference's re.sub does) and any other prompt becomes the
+    bare anchor (the reference would leave it unchanged, i.e. forget nothing for it).
+  * A NaN/inf loss stops the run (TrainingDiverged, like every method here) instead of the
+    reference's dropping of NaN samples and nan_to_num on gradients.
+  * --grad-accum must be 1: fake-score and generator updates alternate per batch.
+  * Only epsilon-prediction bases (SD 1.x, MiniSD); the reference also handles v-prediction.
+  * EMA (off by default, as in the reference's SFD run) is the Trainer's constant-decay EMA
+    (--ema 0.999), not SiD's half-life-in-images EMA with ramp-up.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from tqdm.auto import tqdm
+
+from ..concepts import _read_prompt_file, mini_world_captions
+from ..config import EraseConfig, doc
+from ..errors import UserError
+from ..io import hash_tensors
+from ..io_utils import cache_home, load_tensors, optimizer_from_tensors, optimizer_to_tensors, save_tensors
+from ..registry import register_method
+from ..sampling import add_noise, predicted_x0
+from ..sampling import cfg as guided
+from .base import Trainer, TrainingDiverged
+
+ADAM_BETAS = (0.0, 0.999)  # the reference's, for both the generator and the fake score net
+COCO_CAPTIONS = Path(__file__).resolve().parent.parent / "data" / "prompts" / "coco_10k.csv"
+DISTILL_FORMAT = 1  # bump when stage one's computation changes, so old caches are not reused
+
+
+def sid_generator_loss(y_real: torch.Tensor, y_fake: torch.Tensor, x_g: torch.Tensor, alpha: float) -> torch.Tensor:
+    """SiD's generator loss, summed over a sample's elements and averaged over the batch:
+
+        sum (y_real - y_fake) . ((y_real - x_g) - alpha (y_real - y_fake)) / w  / B,
+        w = mean |x_g - y_real| over each sample's elements (clamped at 1e-5), held constant.
+
+    With alpha = 1 it reads sum (y_real - y_fake) . (y_fake - x_g) / w."""
+    with torch.no_grad():
+        w = (x_g.float() - y_real.float()).abs().mean(dim=tuple(range(1, x_g.ndim)), keepdim=True).clamp_min(1e-5)
+    diff = y_real - y_fake
+    return (diff * ((y_real - x_g) - alpha * diff) / w).sum() / len(x_g)
+
+
+@dataclass
+class SFDConfig(EraseConfig):
+    target: str = doc("weights of the generator that train (reference: the whole UNet)", default="unet")
+    steps: int = doc("generator updates (reference README: its 100k-image snapshot, 12,500 updates at batch 8)",
+                     default=12500)
+    lr: float = doc("Adam learning rate of the generator (reference: 1e-6)", default=1e-6)
+    fake_lr: float = doc("Adam learning rate of the fake score net (reference: 3e-6)", default=3e-6)
+    batch_size: int = doc("generator samples per loss term (reference: 8)", default=8)
+    alpha: float = doc("SiD's alpha in (y_real - y_fake)((y_real - x_g) - alpha (y_real - y_fake)) (reference: 1)",
+                       default=1.0)
+    t_init: int = doc("the generator's timestep: noise at t_init, one UNet call (reference: 625)", default=625)
+    t_min: int = doc("smallest re-noising timestep of the losses (reference: 20)", default=20)
+    t_max: int = doc("re-noising timesteps are drawn in [t_min, t_max) (reference: 980)", default=980)
+    guidance: float = doc("classifier-free guidance of the teacher's prediction y_real (reference: 4.5)", default=4.5)
+    fake_guidance: float = doc("classifier-free guidance of the fake score net, in its training and in y_fake "
+                               "(reference: 4.5)", default=4.5)
+    fake_dropout: float = doc("fraction of the fake net's training prompts replaced by '' when --fake-guidance != 1, "
+                              "so its unconditional branch learns (reference: 0.1)", default=0.1)
+    remain_weight: float = doc("weight of the generator's remain (distillation) term (reference: 1)", default=1.0)
+    forget_weight: float = doc("weight of the generator's forget term (reference: 1)", default=1.0)
+    fake_forget_weight: float = doc("weight of the fake net's denoising loss on the generator's forget-prompt samples "
+                                    "(reference: 1)", default=1.0)
+    fake_updates_per_generator: int = doc("fake-score updates before each generator update (reference: 1)", default=1)
+    remain_prompts: str = doc("prompts whose generation is kept: auto (MiniSD: its world captions; otherwise the "
+                              "second half of the shipped COCO captions) or a .txt/.csv prompt file", default="auto")
+    n_remain: int = doc("MiniSD world captions drawn as remain prompts (with --remain-prompts auto)", default=256)
+    two_stage: bool = doc("distil first without forgetting (cached, shared by every concept), then forget "
+                          "(the reference's SD recipe)", default=False)
+    distill_steps: int = doc("generator updates of stage one with --two-stage", default=2000)
+
+    minisd_defaults: ClassVar[dict] = {"steps": 300, "lr": 1e-4, "fake_lr": 1e-4, "batch_size": 8, "guidance": 5.0,
+                                       "fake_guidance": 5.0, "distill_steps": 300}
+
+    def __post_init__(self) -> None:
+        if isinstance(self.two_stage, str):  # from a CLI flag
+            self.two_stage = self.two_stage.strip().lower() in ("1", "true", "yes", "on")
+        super().__post_init__()
+        if not self.alpha > 0:
+            raise UserError(f"--alpha must be positive (got {self.alpha})")
+        if self.t_init < 1:
+            raise UserError(f"--t-init must be at least 1 (got {self.t_init})")
+        if not 0 <= self.t_min < self.t_max:
+            raise UserError(f"--t-min and --t-max must satisfy 0 <= t_min < t_max (got {self.t_min}, {self.t_max})")
+        if not self.fake_lr > 0:
+            raise UserError(f"--fake-lr must be positive (got {self.fake_lr})")
+        if not 0 <= self.fake_dropout < 1:
+            raise UserError(f"--fake-dropout must be in [0, 1) (got {self.fake_dropout})")
+        if self.fake_updates_per_generator < 1:
+            raise UserError(f"--fake-updates-per-generator must be at least 1 (got {self.fake_updates_per_generator})")
+        if self.grad_accum != 1:
+            raise UserError("SFD alternates fake-score and generator updates per batch: --grad-accum must be 1 "
+                            "(lower --batch-size instead)")
+        if self.two_stage and self.distill_steps < 1:
+            raise UserError(f"--distill-steps must be at least 1 with --two-stage (got {self.distill_steps})")
+        if self.anchor.strip() and self.anchor.strip().lower() in (c.lower() for c in self.concepts):
+            raise UserError(f"--anchor '{self.anchor.strip()}' is the concept itself; SFD overrides the concept with "
+                            "a different one, e.g. --anchor 'a person wearing clothes'")
+
+
+class SFDTrainer(Trainer):
+    config_cls = SFDConfig
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.trainable.values(), lr=self.config.lr, betas=ADAM_BETAS)
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        cfg: SFDConfig = self.config
+        n_timesteps = len(self.alphas_cumprod)
+        if not 1 <= cfg.t_init <= n_timesteps - 1:
+            raise UserError(f"--t-init must be in [1, {n_timesteps - 1}] for this model (got {cfg.t_init})")
+        if cfg.t_max > n_timesteps:
+            raise UserError(f"--t-max must be at most {n_timesteps} for this model (got {cfg.t_max})")
+        prediction = self.pipe.scheduler.config.get("prediction_type", "epsilon")
+        if prediction != "epsilon":
+            raise UserError(f"SFD here supports epsilon-prediction models only (this one predicts {prediction})")
+        if any(not k.startswith("unet.") for k in self.trainable):
+            raise UserError(f"SFD's generator is the UNet; --target {cfg.target} trains other weights (use --target unet)")
+
+        self.teacher = self.frozen_copy(self.unet)                 # eps*: never trained
+        self.fake = copy.deepcopy(self.unet).float().requires_grad_(False)  # eps_psi: trained in its own update
+        self.fake_optimizer = torch.optim.Adam(self.fake.parameters(), lr=cfg.fake_lr, betas=ADAM_BETAS)
+        self.c_empty = self.embed([""])
+        self.latent_shape = (self.unet.config.in_channels, self.unet.config.sample_size, self.unet.config.sample_size)
+        self.remain = self.remain_prompt_list()
+        self.forget, self.override = [], []
+        for concept in cfg.concepts:
+            forget, override = self.forget_pairs(concept)
+            self.forget += forget
+            self.override += override
+        if cfg.two_stage:
+            self.start_from_distilled()
+
+    def remain_prompt_list(self) -> list[str]:
+        cfg: SFDConfig = self.config
+        if cfg.remain_prompts != "auto":
+            return _read_prompt_file(Path(cfg.remain_prompts), "--remain-prompts", "auto")
+        if self.is_minisd:
+            return mini_world_captions(cfg.n_remain, seed=cfg.seed)
+        with open(COCO_CAPTIONS, newline="", encoding="utf-8") as f:
+            captions = [row["prompt"].strip() for row in csv.DictReader(f)]
+        return captions[len(captions) // 2:]
+
+    def forget_pairs(self, concept: str) -> tuple[list[str], list[str]]:
+        """(forget prompts c_f, override prompts c_a), row for row."""
+        anchor = self.anchor_of(concept)
+        if anchor.strip().lower() == concept.strip().lower():
+            raise UserError(f"the override (--anchor '{anchor}') is the concept itself; name a different, safe concept")
+        forget, override = self.anchored_prompts(concept)
+        if not (self.is_minisd and self.config.concept_prompts == "auto"):
+            words = re.compile(re.escape(concept.strip()), re.IGNORECASE)
+            override = [words.sub(anchor, p) if words.search(p) else anchor for p in forget]
+        return forget, override
+
+    # ------------------------------------------------------------------ the three networks
+    def generate(self, cond: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """x_g = G(z, c): noise at t_init, one call of the generator, its predicted x0."""
+        t = torch.full((len(z),), self.config.t_init, device=self.device, dtype=torch.long)
+        x_init = (1 - self.alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1) * z
+        eps = self.unet(x_init, t, encoder_hidden_states=cond).sample.float()
+        return predicted_x0(x_init, eps, self.alphas_cumprod, t)
+
+    def noise_prediction(self, net, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, guidance: float):
+        """eps(x_t, t, c), classifier-free guided at `guidance` (one batched call for both branches)."""
+        if guidance == 1:
+            return net(x_t, t, encoder_hidden_states=cond).sample.float()
+        uncond = self.c_empty.expand(len(x_t), -1, -1)
+        eps = net(torch.cat([x_t, x_t]), torch.cat([t, t]), encoder_hidden_states=torch.cat([uncond, cond])).sample
+        eps_uncond, eps_cond = eps.float().chunk(2)
+        return guided(eps_uncond, eps_cond, guidance)
+
+    # ------------------------------------------------------------------ random draws (all from the run's generator)
+    def pick(self, prompts: list[str]) -> list[str]:
+        return [prompts[i] for i in self.randint(len(prompts), (self.config.batch_size,)).tolist()]
+
+    def pick_pairs(self) -> tuple[list[str], list[str]]:
+        idx = self.randint(len(self.forget), (self.config.batch_size,)).tolist()
+        return [self.forget[i] for i in idx], [self.override[i] for i in idx]
+
+    def renoise(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x_t, t, noise) with t uniform in [t_min, t_max)."""
+        cfg: SFDConfig = self.config
+        t = torch.randint(cfg.t_min, cfg.t_max, (len(x0),), generator=self.generator).to(self.device)
+        noise = self.randn(*x0.shape)
+        return add_noise(x0, noise, self.alphas_cumprod, t), t, noise
+
+    # ------------------------------------------------------------------ 1. fake score net
+    def fake_denoising_loss(self, prompts: list[str]) -> torch.Tensor:
+        """L_fake on the generator's (detached) samples of `prompts`."""
+        cfg: SFDConfig = self.config
+        with torch.no_grad():
+            x_g = self.generate(self.embed(prompts), self.randn(len(prompts), *self.latent_shape))
+        x_t, t, noise = self.renoise(x_g)
+        if cfg.fake_guidance != 1 and cfg.fake_dropout > 0:  # train the unconditional branch too
+            dropped = (torch.rand(len(prompts), generator=self.generator) < cfg.fake_dropout).tolist()
+            prompts = ["" if d else p for p, d in zip(prompts, dropped)]
+        eps = self.noise_prediction(self.fake, x_t, t, self.embed(prompts), cfg.fake_guidance)
+        return ((eps - noise) ** 2).sum() / len(prompts)
+
+    def fake_score_update(self, forget: bool = True) -> dict[str, float]:
+        """One Adam step of the fake score net; G, the teacher and G's optimizer are untouched."""
+        cfg: SFDConfig = self.config
+        self.fake.requires_grad_(True)
+        self.fake_optimizer.zero_grad(set_to_none=True)
+        terms = [("fake", 1.0, self.pick(self.remain))]
+        if forget and cfg.fake_forget_weight > 0:
+            terms.append(("fake_forget", cfg.fake_forget_weight, self.pick_pairs()[0]))
+        logs = {}
+        for name, weight, prompts in terms:  # one backward per term, as the reference (peak memory)
+            loss = self.fake_denoising_loss(prompts)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"the fake score net's loss became {loss.item()} at step {self.step}; lower "
+                                       "--fake-lr or use --dtype float32")
+            (weight * loss).backward()
+            logs[name] = loss.item()
+        self.fake_optimizer.step()
+        self.fake.requires_grad_(False)
+        return logs
+
+    # ------------------------------------------------------------------ 2. generator
+    def sid_term(self, c_gen: torch.Tensor, c_real: torch.Tensor, c_fake: torch.Tensor) -> torch.Tensor:
+        """L_SiD for x_g = G(z, c_gen), y_real = teacher(x_t, c_real), y_fake = fake(x_t, c_fake)."""
+        cfg: SFDConfig = self.config
+        x_g = self.generate(c_gen, self.randn(len(c_gen), *self.latent_shape))
+        x_t, t, _ = self.renoise(x_g)
+        y_real = predicted_x0(x_t, self.noise_prediction(self.teacher, x_t, t, c_real, cfg.guidance), self.alphas_cumprod, t)
+        y_fake = predicted_x0(x_t, self.noise_prediction(self.fake, x_t, t, c_fake, cfg.fake_guidance),
+                              self.alphas_cumprod, t)
+        return sid_generator_loss(y_real, y_fake, x_g, cfg.alpha)
+
+    def generator_backward(self, forget: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+        """Backpropagate L_G into G's gradients (one backward per term: peak memory) and return it
+        detached. The fake net and the teacher hold no gradient here."""
+        cfg: SFDConfig = self.config
+        c_r = self.embed(self.pick(self.remain))
+        remain = self.sid_term(c_r, c_r, c_r)
+        (cfg.remain_weight * remain).backward()
+        total, logs = cfg.remain_weight * remain.detach(), {"remain": remain.item()}
+        if forget and cfg.forget_weight > 0:
+            forget_prompts, override_prompts = self.pick_pairs()
+            c_f, c_a = self.embed(forget_prompts), self.embed(override_prompts)
+            forget_term = self.sid_term(c_f, c_a, c_f)
+            (cfg.forget_weight * forget_term).backward()
+            total = total + cfg.forget_weight * forget_term.detach()
+            logs["forget"] = forget_term.item()
+        return total, logs
+
+    def compute_loss(self):
+        logs: dict[str, float] = {}
+        for _ in range(self.config.fake_updates_per_generator):
+            logs.update(self.fake_score_update(forget=True))
+        loss, generator_logs = self.generator_backward(forget=True)
+        return loss, {**logs, **generator_logs}
+
+    # ------------------------------------------------------------------ two-stage mode: stage one
+    def distill_settings(self) -> dict:
+        """Everything stage one's result depends on (its cache key)."""
+        cfg: SFDConfig = self.config
+        names = ("target", "t_init", "t_min", "t_max", "alpha", "guidance", "fake_guidance", "fake_dropout", "lr",
+                 "fake_lr", "batch_size", "remain_weight", "fake_updates_per_generator", "distill_steps", "ema", "seed")
+        return {"format": DISTILL_FORMAT, "bf16": self.use_bf16, **{n: getattr(cfg, n) for n in names},
+                "unet": hash_tensors(self.unet.state_dict()), "text_encoder": hash_tensors(self.text_encoder.state_dict()),
+                "remain_prompts": hashlib.sha256(json.dumps(self.remain).encode()).hexdigest()}
+
+    def start_from_distilled(self) -> None:
+        """Load stage one's generator from the cache, or distil it and cache it; G becomes it."""
+        settings = self.distill_settings()
+        key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:24]
+        path = cache_home() / "sfd" / f"{key}.safetensors"
+        if path.exists():
+            tensors = load_tensors(path, self.device)
+        else:
+            tensors = self.distill()
+            save_tensors(path, tensors, metadata={"settings": json.dumps(settings, sort_keys=True)})
+        with torch.no_grad():
+            for k, p in self.trainable.items():
+                p.copy_(tensors[k])
+        if self.ema_weights is not None:  # stage two's average starts from the distilled generator
+            self.ema_weights = {k: p.detach().clone() for k, p in self.trainable.items()}
+        self.distilled_from = path
+
+    def distill(self) -> dict[str, torch.Tensor]:
+        """Stage one: plain SiD distillation (remain terms only) for `distill_steps`, on its own
+        random stream, fake net copy and optimizers, so that stage two runs the same whether
+        stage one was computed now or read from the cache. Returns G (its EMA when --ema)."""
+        cfg: SFDConfig = self.config
+        stage_two = (self.generator, self.fake, self.fake_optimizer)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.fake = copy.deepcopy(self.fake)
+        self.fake_optimizer = torch.optim.Adam(self.fake.parameters(), lr=cfg.fake_lr, betas=ADAM_BETAS)
+        optimizer = torch.optim.Adam(self.trainable.values(), lr=cfg.lr, betas=ADAM_BETAS)
+        ema = {k: p.detach().clone() for k, p in self.trainable.items()} if cfg.ema else None
+        try:
+            for step in tqdm(range(cfg.distill_steps), desc="sfd stage one: distillation", dynamic_ncols=True):
+                optimizer.zero_grad(set_to_none=True)
+                with self.autocast():
+                    for _ in range(cfg.fake_updates_per_generator):
+                        self.fake_score_update(forget=False)
+                    loss, _ = self.generator_backward(forget=False)
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(f"stage one's loss became {loss.item()} at step {step}; lower --lr or "
+                                           "--fake-lr, or use --dtype float32")
+                optimizer.step()
+                if ema is not None:
+                    with torch.no_grad():
+                        for k, p in self.trainable.items():
+                            ema[k].lerp_(p.detach(), 1 - cfg.ema)
+        finally:
+            self.generator, self.fake, self.fake_optimizer = stage_two
+            for p in self.trainable.values():
+                p.grad = None
+        return {k: (ema[k] if ema is not None else p.detach()).clone() for k, p in self.trainable.items()}
+
+    # ------------------------------------------------------------------ checkpoints and the product
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        opt_tensors, _ = optimizer_to_tensors(self.fake_optimizer)
+        return {**{f"fake.{k}": v for k, v in self.fake.state_dict().items()},
+                **{f"fake_{k}": v for k, v in opt_tensors.items()}}
+
+    def load_extra_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.fake.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("fake.")})
+        opt = {k[5:]: v for k, v in tensors.items() if k.startswith("fake_optim.")}
+        optimizer_from_tensors(self.fake_optimizer, opt, {"param_groups": self.fake_optimizer.state_dict()["param_groups"]})
+
+    def manifest_extra(self) -> dict:
+        """How the product samples (read by ErasedPipeline and the CLI), and stage one's cache file."""
+        extra = {"sampling": {"one_step": True, "t_init": self.config.t_init, "num_inference_steps": 1,
+                              "guidance_scale": 1.0}}
+        if getattr(self, "distilled_from", None):
+            extra["sfd_stage_one"] = str(self.distilled_from)
+        return extra
+
+    def save(self, out_dir):
+        """Write the erasure (G alone); `self.pipe` then samples like the product, as
+        ErasedPipeline.from_pretrained(out_dir) would: one step with OneStepScheduler, guidance 1."""
+        from ..io import read_manifest
+        from ..pipelines import ErasedPipeline, OneStepScheduler
+
+        out = super().save(out_dir)
+        pipe = ErasedPipeline(**self.pipe.components, requires_safety_checker=False)
+        pipe.scheduler = OneStepScheduler.from_base(self.pipe.scheduler.config, self.config.t_init)
+        pipe.erasure_manifest = read_manifest(out)
+        pipe.set_progress_bar_config(disable=True)
+        self.pipe = pipe
+        return out
+
+
+register_method("sfd", SFDConfig, SFDTrainer)
