@@ -8,26 +8,39 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["ErasedPipeline", "EraseConfig", "train", "method_names", "__version__"]
+__all__ = ["ErasedPipeline", "EraseConfig", "train", "method_names", "get_method", "load_pipeline", "model_sampling",
+           "read_manifest", "resolve_model", "is_minisd", "UserError", "TrainingCancelled", "__version__"]
+
+# public name -> (module, attribute), imported on first use (diffusers is heavy)
+_LAZY = {
+    "ErasedPipeline": (".pipelines", "ErasedPipeline"),
+    "EraseConfig": (".config", "EraseConfig"),
+    "method_names": (".registry", "method_names"),
+    "get_method": (".registry", "get_method"),
+    "load_pipeline": (".models", "load_pipeline"),
+    "model_sampling": (".models", "model_sampling"),
+    "resolve_model": (".models", "resolve_model"),
+    "is_minisd": (".models", "is_minisd"),
+    "read_manifest": (".io", "read_manifest"),
+    "UserError": (".errors", "UserError"),
+    "TrainingCancelled": (".trainers.base", "TrainingCancelled"),
+}
 
 
-def train(out: str, resume: bool = False, **settings):
-    """Train a registered method (settings as in `erasure train`) and write the erasure to `out`."""
+def train(out: str, resume: bool = False, callback=None, **settings):
+    """Train a registered method (settings as in `erasure train`) and write the erasure to `out`.
+    `callback(step, total, logs)` is called after every step; returning False cancels the run
+    (TrainingCancelled), e.g. from a UI's Cancel button."""
     from .config import EraseConfig
     from .registry import get_method
 
     config = EraseConfig.from_dict({"method": "esd-x", **settings})
-    return get_method(config.method).trainer_cls(config).train(out, resume=resume)
+    return get_method(config.method).trainer_cls(config).train(out, resume=resume, callback=callback)
 
 
 def __getattr__(name: str):  # heavy imports (diffusers) only when asked for
-    if name == "ErasedPipeline":
-        from .pipelines import ErasedPipeline
-        return ErasedPipeline
-    if name == "EraseConfig":
-        from .config import EraseConfig
-        return EraseConfig
-    if name == "method_names":
-        from .registry import method_names
-        return method_names
+    if name in _LAZY:
+        import importlib
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module, __name__), attr)
     raise AttributeError(f"module 'erasure' has no attribute {name!r}")

@@ -9,8 +9,11 @@ import torch
 from ..errors import UserError
 from ..io_utils import load_tensors
 from ..worlds.mini.nets import Judge
+from ..worlds.mini.world import COLORS, OBJECTS, STYLES
 
 JUDGE_PATH = Path(__file__).parent.parent / "worlds" / "mini" / "weights" / "judge.safetensors"
+# what the judge (and MiniSD) knows, per head: every concept MiniSD can erase is one of these
+LABELS: dict[str, tuple[str, ...]] = {"object": OBJECTS, "color": COLORS, "style": STYLES}
 
 
 @lru_cache(maxsize=4)

@@ -13,6 +13,7 @@ import json
 import math
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -35,6 +36,15 @@ CHECKPOINT_DIR = "checkpoint"
 
 class TrainingDiverged(UserError):
     """The loss or a gradient became NaN/inf."""
+
+
+class TrainingCancelled(UserError):
+    """The progress callback asked the run to stop; no erasure was written."""
+
+
+# callback(step, total_steps, logs) after every optimizer step; logs holds "loss" and the method's
+# own numbers. Returning False stops the run (TrainingCancelled); None or True goes on.
+ProgressCallback = Callable[[int, int, dict], bool | None]
 
 
 class Trainer:
@@ -211,10 +221,13 @@ class Trainer:
         self.step = meta["step"]
 
     # ----------------------------------------------------------------- the loop
-    def train(self, out_dir: str | Path, resume: bool = False, stop_after: int | None = None) -> Path:
+    def train(self, out_dir: str | Path, resume: bool = False, stop_after: int | None = None,
+              callback: ProgressCallback | None = None) -> Path:
         """Train `config.steps` optimizer steps and write the erasure into `out_dir`.
         `stop_after` ends the run early after that many steps (checkpointing first), which is
-        how tests simulate an interrupted run."""
+        how tests simulate an interrupted run. `callback(step, total, logs)` is called after every
+        step (a UI's progress bar); when it returns False the run stops at once with
+        TrainingCancelled and writes nothing more (checkpoints already saved stay)."""
         out = Path(out_dir)
         cfg = self.config
         if resume:
@@ -251,6 +264,9 @@ class Trainer:
             self.step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{total:.4g}", **{k: f"{v:.3g}" for k, v in logs.items()})
+            if callback is not None and callback(self.step, cfg.steps, {"loss": total, **logs}) is False:
+                bar.close()
+                raise TrainingCancelled(f"training cancelled at step {self.step} of {cfg.steps}")
             interrupted = stop_after is not None and self.step >= stop_after
             if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps) or interrupted:
                 self.save_checkpoint(out)
