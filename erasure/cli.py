@@ -392,6 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--device", default="auto")
     a.set_defaults(func=cmd_attack)
 
+    from .demo import add_arguments as demo_arguments, main as cmd_demo
+    d = sub.add_parser("demo", help="a local Gradio app: erase a concept, then compare base and erasure side by side")
+    demo_arguments(d)
+    d.set_defaults(func=cmd_demo)
+
     ls = sub.add_parser("ls", help="list methods and weight presets")
     ls.set_defaults(func=cmd_ls)
     return p
