@@ -173,6 +173,18 @@ def mini_world_captions(n: int = 256, seed: int = 0) -> list[str]:
     return _world_captions(n, random.Random(seed), {}, lambda *_: True, [])
 
 
+def mini_siblings(concept: str) -> list[str]:
+    """The other values of a MiniSD concept's attribute (circle -> square, triangle, star, heart,
+    cross; red -> the other colours; a style -> the other styles): what the world draws instead."""
+    from .worlds.mini.world import COLORS, OBJECTS, STYLES
+
+    found = _mini_concept_words(concept)
+    if found is None:
+        raise UserError(f"MiniSD does not know the concept '{concept}'")
+    kind, value, _ = found
+    return [v for v in {"object": OBJECTS, "color": COLORS, "style": STYLES}[kind] if v != value]
+
+
 def without_concept(prompt: str, concept: str, is_minisd: bool) -> str:
     """`prompt` with the concept's words taken out ("a picture of a red disk, plain style" ->
     "a picture of a red, plain style"): what the prompt asks for besides the concept. On

@@ -115,6 +115,36 @@ def test_esd_target_is_the_papers_equation(tiny_sd_dir):
     assert loss.item() == pytest.approx(torch.nn.functional.mse_loss(eps_f, eps_0).item(), rel=1e-5)
 
 
+def test_siblings_baseline_averages_the_concepts_siblings():
+    """MiniSD's ESD baseline: c_0 is each forget prompt with the concept replaced by every other
+    object, their predictions averaged; the target is Eq. 3 from that mean."""
+    from erasure.concepts import mini_siblings, mini_substitute
+    from erasure.sampling import encode_prompts
+
+    assert mini_siblings("circle") == ["square", "triangle", "star", "heart", "cross"]
+    assert "red" not in mini_siblings("red") and len(mini_siblings("red")) >= 3
+    with pytest.raises(UserError, match="does not know"):
+        mini_siblings("giraffe")
+    trainer = trainer_for(EraseConfig.from_dict({"method": "esd-x", "concept": "circle", "base_model": "minisd",
+                                                 "steps": 1, "checkpoint_every": 0, "negative_guidance": 1.0}))
+    assert trainer.config.baseline == "siblings"  # MiniSD's default
+    prompt = trainer.forget_prompt_sets[0][3]
+    assert trainer.c_baseline[0].shape[:2] == (len(trainer.forget_prompt_sets[0]), 5)
+    x, t = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([400])
+    unet, tok, enc = trainer.frozen_unet, trainer.tokenizer, trainer.text_encoder
+    with torch.no_grad():
+        eps = lambda p: unet(x, t, encoder_hidden_states=encode_prompts(tok, enc, [p], "cpu")).sample
+        eps_0 = torch.stack([eps(mini_substitute(prompt, "circle", o)) for o in mini_siblings("circle")]).mean(0)
+        eps_f = eps(prompt)
+        target, _ = trainer.esd_target(x, t, 0, torch.tensor([3]))
+    torch.testing.assert_close(target, eps_f - 2 * (eps_f - eps_0), atol=1e-4, rtol=1e-4)
+
+
+def test_siblings_baseline_needs_minisd(tiny_sd_dir):
+    with pytest.raises(UserError, match="siblings"):
+        trainer_for(make_config("esd-x", tiny_sd_dir, baseline="siblings"))
+
+
 def test_minisd_concepts_train_on_world_captions_never_on_evaluation_prompts():
     from erasure.concepts import _mini_eval_prompts, concept_prompts
     from erasure.worlds.mini.world import parse_caption

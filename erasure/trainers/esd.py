@@ -29,11 +29,18 @@ Where we differ from the reference code, deliberately:
     trajectory is sampled under one of them, drawn at random, and trained under the same one.
     With the papers' recipe (`--concept-prompts word`, the default off MiniSD) it is the
     concept text alone.
-  * `baseline="context"` (MiniSD's default) generalises c_0 of Eq. 3 to full captions: the
-    target is eps*(p minus concept) - eta (eps*(p) - eps*(p minus concept)), so only what the
-    concept's words add is negated; for the bare concept word it is Eq. 3 exactly. With full
-    captions and the empty c_0, ESD-x at lr 1e-3 erased circles but also the colours and
-    styles named beside them (MiniSD colour accuracy 0.33-0.83 per object, measured).
+  * `baseline="context"` generalises c_0 of Eq. 3 to full captions: the target is
+    eps*(p minus concept) - eta (eps*(p) - eps*(p minus concept)), so only what the concept's
+    words add is negated; for the bare concept word it is Eq. 3 exactly. With full captions
+    and the empty c_0, ESD-x at lr 1e-3 erased circles but also the colours and styles named
+    beside them (MiniSD colour accuracy 0.33-0.83 per object, measured).
+  * `baseline="siblings"` (MiniSD's default): c_0 is the caption with the concept replaced by
+    each other value of its attribute, eps*(c_0) their mean ("a red disk" -> mean of "a red
+    square", "a red star", ...). Why: MiniSD draws a circle for a caption that names no object
+    ("a red, plain style": 8/8 circles, measured), so the context baseline's direction
+    eps*(p) - eps*(p minus circle) is nearly zero for circles and the erasure came and went
+    during training (object accuracy 0.21-0.67 at steps 100-700). The siblings' mean is a
+    baseline that draws the same colour and style and no circle in particular.
 """
 from __future__ import annotations
 
@@ -46,7 +53,7 @@ import torch.nn.functional as F
 from ..config import EraseConfig, doc
 from ..errors import UserError
 from ..registry import register_method
-from ..concepts import without_concept
+from ..concepts import mini_siblings, mini_substitute, without_concept
 from ..sampling import ddim_trajectory
 from .base import Trainer
 
@@ -58,9 +65,10 @@ class ESDConfig(EraseConfig):
     lr: float = doc("Adam learning rate (paper: 1e-5)", default=1e-5)
     negative_guidance: float = doc("eta of the paper's Eq. 3: how far past 'unconditional' the target is pushed "
                                    "(the diffusers script's value minus 1)", default=1.0)
-    baseline: str = doc("where the negative guidance starts (c_0 of Eq. 3): empty (the paper: the empty prompt) or "
+    baseline: str = doc("where the negative guidance starts (c_0 of Eq. 3): empty (the paper: the empty prompt), "
                         "context (each training prompt with the concept's words removed, so its other words, e.g. a "
-                        "colour, are not erased with it)", default="empty")
+                        "colour, are not erased with it) or siblings (MiniSD: the prompt with the concept replaced by "
+                        "each other value of its attribute, averaged)", default="empty")
     erase_from: str = doc("erase the concept only where it appears with this one (empty = everywhere)", default="")
     start_guidance: float = doc("CFG scale of the DDIM sampling that produces x_t", default=3.0)
     ddim_steps: int = doc("DDIM steps of that sampling; t is one of them", default=50)
@@ -71,12 +79,12 @@ class ESDConfig(EraseConfig):
 
     # unset fields take these on MiniSD, where training prompts are full captions (docs/esd.md:
     # the lr was measured for esd-x and esd-u; esd-all and esd-x-strict use it untuned)
-    minisd_defaults: ClassVar[dict] = {"steps": 400, "lr": 1e-3, "baseline": "context"}
+    minisd_defaults: ClassVar[dict] = {"steps": 400, "lr": 1e-3, "baseline": "siblings"}
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.baseline not in ("empty", "context"):
-            raise UserError(f"--baseline must be empty or context (got '{self.baseline}')")
+        if self.baseline not in ("empty", "context", "siblings"):
+            raise UserError(f"--baseline must be empty, context or siblings (got '{self.baseline}')")
         if self.sample_with not in ("frozen", "trained"):
             raise UserError(f"--sample-with must be frozen or trained (got '{self.sample_with}')")
         if self.sample_with == "trained" and self.refresh_every != 1:
@@ -97,10 +105,8 @@ class ESDTrainer(Trainer):
         # per concept, the embeddings of the prompts that express it (erasure/concepts.py): (P_k, 77, D)
         self.forget_prompt_sets = [self.forget_prompts(c) for c in cfg.concepts]
         self.c_forget = [self.embed(prompts) for prompts in self.forget_prompt_sets]
-        # c_0 of Eq. 3 per forget prompt: the empty prompt, or the prompt without the concept
-        self.c_baseline = [self.embed([without_concept(p, c, self.is_minisd) for p in prompts])
-                           if cfg.baseline == "context" else self.c_empty.expand(len(prompts), -1, -1)
-                           for c, prompts in zip(cfg.concepts, self.forget_prompt_sets)]
+        # c_0 of Eq. 3 per forget prompt, S prompts each whose predictions are averaged: (P_k, S, 77, D)
+        self.c_baseline = [self.baseline_embeddings(c, prompts) for c, prompts in zip(cfg.concepts, self.forget_prompt_sets)]
         self.c_from = self.embed([cfg.erase_from]) if cfg.erase_from else None
         from diffusers import DDIMScheduler
         self.scheduler = DDIMScheduler.from_config(self.pipe.scheduler.config)
@@ -108,6 +114,21 @@ class ESDTrainer(Trainer):
         # concept -> (trajectory latents (ddim_steps, B, C, h, w), the forget prompt of each trajectory (B,))
         self.cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.cache_born = -1
+
+    def baseline_embeddings(self, concept: str, prompts: list[str]) -> torch.Tensor:
+        """c_0 for each forget prompt: the empty prompt (S = 1), the prompt without the concept
+        (S = 1), or the prompt with each sibling in the concept's place (S = siblings)."""
+        baseline = self.config.baseline
+        if baseline == "empty":
+            return self.c_empty.expand(len(prompts), -1, -1)[:, None]
+        if baseline == "context":
+            return self.embed([without_concept(p, concept, self.is_minisd) for p in prompts])[:, None]
+        if not self.is_minisd:
+            raise UserError("--baseline siblings needs a world that knows the concept's siblings (MiniSD); "
+                            "use --baseline empty or context")
+        others = mini_siblings(concept)
+        flat = self.embed([mini_substitute(p, concept, o) for p in prompts for o in others])
+        return flat.view(len(prompts), len(others), *flat.shape[1:])
 
     def sample_latents(self, unet, cond: torch.Tensor, n: int, stop_after: int | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,12 +184,13 @@ class ESDTrainer(Trainer):
         Returns (target, eps*(c_f))."""
         cfg: ESDConfig = self.config
         b = len(x_t)
-        c_f, c_0 = self.c_forget[k][prompt_ids], self.c_baseline[k][prompt_ids]
-        conds = [c_0, c_f] + ([self.c_from.expand(b, -1, -1)] if self.c_from is not None else [])
+        c_f, c_0 = self.c_forget[k][prompt_ids], self.c_baseline[k][prompt_ids]  # (b, 77, D), (b, S, 77, D)
+        conds = [*c_0.unbind(1), c_f] + ([self.c_from.expand(b, -1, -1)] if self.c_from is not None else [])
         eps = self.frozen_unet(torch.cat([x_t] * len(conds)), torch.cat([t] * len(conds)),
                                encoder_hidden_states=torch.cat(conds)).sample.float().chunk(len(conds))
-        eps_0, eps_f = eps[0], eps[1]
-        eps_from = eps[2] if self.c_from is not None else eps_f
+        s = c_0.shape[1]
+        eps_0, eps_f = torch.stack(eps[:s]).mean(0), eps[s]
+        eps_from = eps[s + 1] if self.c_from is not None else eps_f
         return eps_from - (1 + cfg.negative_guidance) * (eps_f - eps_0), eps_f
 
     def compute_loss(self):
