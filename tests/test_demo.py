@@ -5,6 +5,9 @@ train a real ESD-x erasure of circle on MiniSD).
     python -m pytest tests/test_demo.py               # logic, training hook, three clients
     python -m pytest -m slow tests/test_demo.py       # + the browser tests
     DEMO_SCREENSHOT=docs/demo_screenshot.png python -m pytest -m slow tests/test_demo.py -k compare
+
+The slow tests train their ESD-x circle erasure (about 2 minutes); ERASURE_DEMO_CIRCLE=FOLDER
+reuses an existing one instead.
 """
 import json
 import os
@@ -19,6 +22,7 @@ import pytest
 import torch
 
 pytest.importorskip("gradio")
+pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword is deprecated)")  # gradio's pandas use
 
 import erasure  # noqa: E402
 from erasure import UserError  # noqa: E402
@@ -203,6 +207,21 @@ def test_the_queue_trains_one_at_a_time_into_a_temp_folder_and_cancel_leaves_not
     assert "done" in queue.status(mine=second.id)
 
 
+def test_submitted_erasures_are_named_method_concept_numbered_when_taken(demo, monkeypatch):
+    monkeypatch.setattr(demo, "queue", TrainingQueue(demo.root, max_waiting=4, train=fake_train))
+    first = demo.submit("star", "esd-x", steps=3)
+    wait_for(lambda: first.state == "done")
+    second = demo.submit(" Star ", "esd-x", anchor="a heart", steps=3)
+    assert (first.name, second.name) == ("esd-x-star", "esd-x-star-2")
+    assert second.settings == {"concept": "Star", "method": "esd-x", "anchor": "a heart", "base_model": "minisd",
+                               "checkpoint_every": 0, "steps": 3}
+    wait_for(lambda: second.state == "done")
+    with pytest.raises(UserError, match="'esd-x-star' exists"):
+        demo.submit("star", "esd-x", steps=3, name="esd-x-star")
+    for name in ("esd-x-star", "esd-x-star-2"):
+        shutil.rmtree(demo.root / name)
+
+
 def test_a_failing_run_is_reported_in_one_line_and_cleaned_up(tmp_path):
     def train(out, callback, **settings):
         Path(out).mkdir()
@@ -282,9 +301,14 @@ def test_three_clients_generating_at_once_all_get_their_images(server):
 # ----------------------------------------------------------------------------- in the browser (slow)
 @pytest.fixture(scope="session")
 def circle_erasures(tmp_path_factory) -> Path:
-    """An erasures folder holding a real ESD-x erasure of circle (MiniSD defaults, ~90 s on a CPU)."""
+    """An erasures folder holding a real ESD-x erasure of circle: trained here (MiniSD defaults,
+    ~2 minutes on a 2-core CPU), or copied from $ERASURE_DEMO_CIRCLE, an existing one."""
     root = tmp_path_factory.mktemp("demo-erasures")
-    erasure.train(root / "esd-x-circle", concept="circle", method="esd-x", base_model="minisd")
+    if os.environ.get("ERASURE_DEMO_CIRCLE"):
+        shutil.copytree(os.environ["ERASURE_DEMO_CIRCLE"], root / "esd-x-circle")
+        assert erasure.read_manifest(root / "esd-x-circle")["concept"] == "circle"
+    else:
+        erasure.train(root / "esd-x-circle", concept="circle", method="esd-x", base_model="minisd")
     (root / "broken").mkdir()
     (root / "broken" / "erasure_config.json").write_text(json.dumps({"format": "erasure/1"}))
     return root
@@ -318,20 +342,20 @@ def open_page(browser, url, hosts=None):
     return page
 
 
-def generate(page, prompt, timeout=60_000):
+def generate(page, prompt, until, where="#compare-status", timeout=60_000):
+    """Type `prompt`, click Generate, and wait until `where` shows `until` (each step of a test
+    waits for a text the step before did not show)."""
     page.locator("#prompt textarea").fill(prompt)
-    page.locator("#base-verdict").evaluate("e => e.setAttribute('data-old', e.innerText)")
     page.locator("#generate").click()
-    page.wait_for_function("() => { const s = document.querySelector('#compare-status').innerText;"
-                           " const v = document.querySelector('#erased-verdict').innerText;"
-                           " return s.includes('Error') || v.includes('seed'); }", timeout=timeout)
+    page.wait_for_function("([sel, text]) => document.querySelector(sel).innerText.includes(text)",
+                           arg=[where, until], timeout=timeout)
 
 
 @pytest.mark.slow
 def test_browser_compare_shows_circle_erased(browser, circle_server, tmp_path):
     hosts = set()
     page = open_page(browser, circle_server, hosts)
-    generate(page, "a red circle")
+    generate(page, "a red circle", "seed 0", "#erased-verdict")
     base, erased = page.inner_text("#base-verdict"), page.inner_text("#erased-verdict")
     assert "seed 0: circle" in base
     assert "seed 0:" in erased and "circle" not in erased
@@ -346,18 +370,16 @@ def test_browser_bad_input_shows_one_line_and_the_app_keeps_serving(browser, cir
     page = open_page(browser, circle_server)
     status = page.locator("#compare-status")
 
-    generate(page, "")
-    assert "Error: the prompt is empty" in status.inner_text()
+    generate(page, "", "Error: the prompt is empty")
     page.locator("#steps input").fill("500")
-    generate(page, "a red circle")
-    assert "steps must be a whole number from 1 to 50" in status.inner_text()
+    generate(page, "a red circle", "Error: steps must be a whole number from 1 to 50")
     page.locator("#steps input").fill("5")
     for typed, message in [("../outside", "outside the erasures folder"), ("missing", "no erasure folder 'missing'"),
                            ("broken", "not an erasure manifest")]:
         page.locator("#erasure input").fill(typed)
         page.locator("#erasure input").press("Enter")
-        generate(page, "a red circle")
-        assert message in status.inner_text(), status.inner_text()
+        generate(page, "a red circle", message)
+        assert status.inner_text().count("Error") == 1
     page.get_by_role("tab", name="Erasures").click()
     page.locator("#folder textarea").fill("/etc")
     page.locator("#load").click()
@@ -367,8 +389,9 @@ def test_browser_bad_input_shows_one_line_and_the_app_keeps_serving(browser, cir
     page.get_by_role("tab", name="Compare").click()  # still serving
     page.locator("#erasure input").fill("esd-x-circle")
     page.locator("#erasure input").press("Enter")
-    generate(page, "a blue square")
-    assert "seed 0: square" in page.inner_text("#base-verdict") and "Error" not in status.inner_text()
+    generate(page, "a blue square", "seed 0", "#erased-verdict")
+    assert "seed 0: square" in page.inner_text("#base-verdict")
+    page.wait_for_function("!document.querySelector('#compare-status').innerText.includes('Error')")
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ import os
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: no telemetry, no version check
 
 import copy
+import functools
 import itertools
 import logging
 import re
@@ -436,8 +437,8 @@ class Demo:
         if not name:  # method-concept, numbered when taken
             stem = re.sub(r"[^a-z0-9]+", "-", f"{spec.name}-{concept}".lower()).strip("-")
             taken = {j.name for j in self.queue.jobs if j.state in ("waiting", "training")}
-            name = next(n for n in (stem, *(f"{stem}-{k}" for k in itertools.count(2)))
-                        if n not in taken and not (self.root / n).exists())
+            candidates = itertools.chain([stem], (f"{stem}-{k}" for k in itertools.count(2)))
+            name = next(n for n in candidates if n not in taken and not (self.root / n).exists())
         return self.queue.submit(name, settings)
 
     def describe_method(self, method: str) -> str:
@@ -450,6 +451,7 @@ class Demo:
 def _safe(fn, n_outputs: int):
     """Wrap a UI callback: a UserError (or a bug) becomes one line in the status box (the last
     output) and the other outputs are left as they are; never a traceback on the page."""
+    @functools.wraps(fn)  # Gradio reads the signature (a gr.SelectData argument)
     def wrapped(*args):
         try:
             return fn(*args)
@@ -484,8 +486,7 @@ def build_app(model: str = "minisd", erasures_dir: str | Path = "erasures", limi
         return [[p, "should change"] for p in erase] + [[p, "should stay"] for p in keep]
 
     with gr.Blocks(title="erasure demo", analytics_enabled=False) as app:
-        gr.Markdown(f"# erasure demo\nBase model **{demo.model}** · erasures in `{demo.root}` · "
-                    "erase a concept, then see it gone, side by side.")
+        gr.Markdown(f"# erasure demo\nBase model **{demo.model}**: erase a concept, then see it gone, side by side.")
         with gr.Tabs() as tabs:
             with gr.Tab("Compare", id="compare"):
                 with gr.Row():
@@ -590,7 +591,7 @@ def build_app(model: str = "minisd", erasures_dir: str | Path = "erasures", limi
             demo.pipeline(str(path))  # load now: the first Generate is then quick
             shown = {k: v for k, v in manifest.items() if k != "changed_tensors"}
             rel = path.relative_to(demo.root.resolve()).as_posix() if path.is_relative_to(demo.root.resolve()) else name
-            return gr.Dropdown(value=rel), shown, gr.Tabs(selected="compare"), f"Loaded {rel}"
+            return gr.Dropdown(value=rel), shown, gr.Tabs(selected="compare"), f"Loaded {rel} into Compare"
 
         def pick(evt: gr.SelectData):
             return open_erasure(evt.row_value[0])
