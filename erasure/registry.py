@@ -1,4 +1,5 @@
 """Methods registered by name: one config class + one trainer class each (peft's habit).
+Third-party packages add methods through the `erasure.methods` entry point (erasure/plugins.py).
 
 A method file ends with `register_method("esd-x", ESDConfig, ESDTrainer, target="esd-x")`; names
 are lower-case and unique, and an unknown name fails at once with the list of known ones.
@@ -46,14 +47,38 @@ def _load_builtin_methods() -> None:
     from . import trainers  # noqa: F401  (each module registers itself on import)
 
 
+def _add_plugin(name: str, obj: Any) -> None:
+    """An `erasure.methods` entry point: a MethodSpec, a Trainer subclass (config from its
+    config_cls, defaults from its optional `method_defaults`), or a module/function that
+    registered the method itself (erasure/plugins.py)."""
+    import inspect
+
+    if isinstance(obj, MethodSpec):
+        register_method(name, obj.config_cls, obj.trainer_cls, **obj.defaults)
+    elif inspect.isclass(obj) and hasattr(obj, "config_cls"):
+        register_method(name, obj.config_cls, obj, **getattr(obj, "method_defaults", {}))
+    elif callable(obj) and not inspect.ismodule(obj) and name not in _METHODS:
+        obj()
+    if name not in _METHODS:
+        raise ValueError(f"entry point '{name}' registered no method of that name")
+
+
+def _load_plugin_methods() -> None:
+    from .plugins import load_group
+    load_group("erasure.methods", _add_plugin)
+
+
 def method_names() -> list[str]:
     _load_builtin_methods()
+    _load_plugin_methods()
     return sorted(_METHODS)
 
 
 def get_method(name: str) -> MethodSpec:
     _load_builtin_methods()
     key = (name or "").strip().lower()
+    if key not in _METHODS:
+        _load_plugin_methods()
     if key not in _METHODS:
         raise UserError(f"unknown method '{name}'; choose one of: {', '.join(sorted(_METHODS))}")
     return _METHODS[key]

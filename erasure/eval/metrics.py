@@ -9,7 +9,8 @@ A metric is a class with `name`, a config of keyword settings, and
 generated from (a prompt repeats once per image); `expected`: N dicts of what the suite's rows
 say each image should show (e.g. {"object": "circle"}; may be empty). Heavy dependencies are
 imported inside `compute` so that a missing extra fails only when that metric is used, with the
-install command in the message.
+install command in the message. Third-party packages add metrics through the `erasure.metrics`
+entry point (erasure/plugins.py).
 """
 from __future__ import annotations
 
@@ -44,19 +45,37 @@ def register_metric(cls: type[Metric]) -> type[Metric]:
 
 def metric_names() -> list[str]:
     _load_builtin_metrics()
+    _load_plugin_metrics()
     return sorted(_METRICS)
 
 
 def get_metric(name: str, **settings: Any) -> Metric:
     _load_builtin_metrics()
     if name not in _METRICS:
+        _load_plugin_metrics()
+    if name not in _METRICS:
         raise UserError(f"unknown metric '{name}'; choose one of: {', '.join(sorted(_METRICS))}")
     return _METRICS[name](**settings)
 
 
+def _add_plugin(name: str, cls: Any) -> None:
+    """An `erasure.metrics` entry point: a Metric subclass (named by its `name`, else the entry's)."""
+    if not (isinstance(cls, type) and issubclass(cls, Metric)):
+        raise ValueError(f"entry point '{name}' is not a Metric subclass")
+    if not cls.name:
+        cls.name = name
+    if cls.name not in _METRICS:
+        register_metric(cls)
+
+
+def _load_plugin_metrics() -> None:
+    from ..plugins import load_group
+    load_group("erasure.metrics", _add_plugin)
+
+
 def _load_builtin_metrics() -> None:
     import importlib
-    for module in ("mini_classifier", "erasure_rate", "nudenet", "clip_score", "fid"):
+    for module in ("mini_classifier", "erasure_rate", "nudenet", "clip_score", "clip_zero_shot", "fid"):
         try:
             importlib.import_module(f"erasure.eval.{module}")
         except ModuleNotFoundError as e:  # a metric module not written yet, not a missing extra

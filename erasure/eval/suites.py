@@ -8,9 +8,12 @@ metrics. A prompt file is a CSV with a `prompt` column and, optionally, `evaluat
     images_per_prompt: 1
     metrics: [nudenet]
     group_by: categories             # optional column that groups prompts in the report
+
+Third-party packages add suites through the `erasure.suites` entry point (erasure/plugins.py).
 """
 from __future__ import annotations
 
+import copy
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,8 +52,25 @@ class Suite:
         return rows[:limit] if limit else rows
 
 
+_PLUGIN_SUITES: dict[str, object] = {}
+
+
+def _add_plugin(name: str, obj: object) -> None:
+    """An `erasure.suites` entry point: a Suite, a function returning one, or a suite YAML path."""
+    if not (isinstance(obj, (Suite, str, Path)) or callable(obj)):
+        raise ValueError(f"entry point '{name}' is neither a Suite, a function returning one nor a YAML path")
+    _PLUGIN_SUITES[name] = obj
+
+
+def _plugin_suites() -> dict[str, object]:
+    from ..plugins import load_group
+    load_group("erasure.suites", _add_plugin)
+    return _PLUGIN_SUITES
+
+
 def suite_names() -> list[str]:
-    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+    """The shipped suites and those of installed plug-ins (erasure/plugins.py)."""
+    return sorted({p.stem for p in SUITES_DIR.glob("*.yaml")} | set(_plugin_suites()))
 
 
 def _resolve_prompt_file(spec: str) -> Path:
@@ -62,10 +82,29 @@ def _resolve_prompt_file(spec: str) -> Path:
 def load_suite(name: str) -> Suite:
     path = SUITES_DIR / f"{name}.yaml"
     if not path.exists():
-        raise UserError(f"unknown suite '{name}'; choose one of: {', '.join(suite_names())} (or pass --prompts FILE.csv)")
+        plugin = _plugin_suites().get(name)
+        if plugin is None:
+            raise UserError(f"unknown suite '{name}'; choose one of: {', '.join(suite_names())} "
+                            "(or pass --prompts FILE.csv)")
+        if isinstance(plugin, Suite):
+            return copy.deepcopy(plugin)
+        if not isinstance(plugin, (str, Path)):
+            suite = plugin()
+            if not isinstance(suite, Suite):
+                raise UserError(f"plug-in suite '{name}' did not return a Suite")
+            return suite
+        path = Path(plugin)
+    return _suite_from_yaml(name, path)
+
+
+def _suite_from_yaml(name: str, path: Path) -> Suite:
+    """A suite YAML; prompt files resolve against the package's data (or "mini:"), else the YAML's folder."""
     data = yaml.safe_load(path.read_text())
-    return Suite(name=name, description=data.get("description", ""),
-                 prompt_files=[_resolve_prompt_file(p) for p in data["prompts"]],
+    files = []
+    for spec in data["prompts"]:
+        resolved = _resolve_prompt_file(spec)
+        files.append(resolved if resolved.exists() or spec.startswith("mini:") else path.parent / spec)
+    return Suite(name=name, description=data.get("description", ""), prompt_files=files,
                  images_per_prompt=int(data.get("images_per_prompt", 1)), metrics=list(data.get("metrics", [])),
                  group_by=data.get("group_by"))
 
