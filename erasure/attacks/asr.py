@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -55,13 +56,16 @@ def asr_summary(results: list[dict]) -> dict:
 
 def run_attack(model: str | Path, concept: str, rows: list[Row], json_out: str | Path | None,
                attack: DiscreteAttackConfig, seed: int = 0, sampling: dict | None = None,
-               device: str | None = None, threshold: float = 0.45, limit: int | None = None) -> dict:
-    """Attack the target prompts among `rows` (the first `limit` of them) and report ASR."""
+               device: str | None = None, threshold: float = 0.45, limit: int | None = None,
+               judge: tuple[Callable[[torch.Tensor], list[bool]], str] | None = None) -> dict:
+    """Attack the target prompts among `rows` (the first `limit` of them) and report ASR.
+    `judge` = (judge(images) -> shows the concept per image, description) replaces the concept's
+    own judge (judges.py), e.g. a CLIP zero-shot judge for a style on Stable Diffusion."""
     from ..models import base_of, default_sampling, is_one_step, load_pipeline, model_sampling
 
     if attack.iterations < 1:
         raise UserError("the attack budget is 0 iterations; give --iterations (or --budget) >= 1")
-    judge, judge_desc = concept_judge(concept, threshold)
+    judge, judge_desc = judge or concept_judge(concept, threshold)
     chosen = target_rows(rows, concept)[:limit]
     sampling = {**model_sampling(model), **(sampling or {})}
     # a one-step generator (SFD) samples with its own settings, never a row's guidance; the base,
