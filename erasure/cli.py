@@ -1,4 +1,4 @@
-"""The `erasure` command line: generate, eval (train, export, bench and demo join as they land).
+"""The `erasure` command line: generate, eval, train, export, attack, bench, demo, ls.
 
 Every mistake a user can fix ends as one line on stderr and exit code 2.
 """
@@ -314,6 +314,54 @@ def cmd_attack(args) -> int:
     return 0
 
 
+def _key_values(flag: str, text: str | None, allowed: dict | None = None) -> dict:
+    """'a=1,b=x' -> {"a": 1, "b": "x"} (ints and floats parsed); keys checked against `allowed`."""
+    out: dict = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        key, sep, value = part.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise UserError(f"{flag} takes KEY=VALUE pairs separated by commas (got '{part.strip()}')")
+        if allowed is not None and key not in allowed:
+            raise UserError(f"{flag}: unknown key '{key}'; choose from {', '.join(allowed)}")
+        value = value.strip()
+        for kind in (int, float):
+            try:
+                value = kind(value)
+                break
+            except ValueError:
+                pass
+        out[key] = value
+    return out
+
+
+def cmd_bench(args) -> int:
+    import dataclasses
+
+    from .eval.bench import FULL, QUICK, BenchSettings, run_bench
+
+    split = lambda text: [x.strip() for x in (text or "").split(",") if x.strip()]  # noqa: E731
+    budget = QUICK if args.quick else FULL
+    budget = dataclasses.replace(budget, **_key_values("--budget", args.budget, dataclasses.asdict(budget)))
+    sampling = {}
+    if args.steps is not None:
+        sampling["num_inference_steps"] = _positive("steps", args.steps)
+    if args.guidance is not None:
+        sampling["guidance_scale"] = args.guidance
+    settings = BenchSettings(methods=split(args.methods), concepts=split(args.concepts), out=Path(args.out),
+                             model=args.model, quick=args.quick, seed=args.seed, device=args.device, budget=budget,
+                             train=_key_values("--train", args.train), sampling=sampling,
+                             adversarial_prompts=args.adversarial_prompts, clip_model=args.clip_model,
+                             nudenet_threshold=args.nudenet_threshold, inception_weights=args.inception_weights,
+                             suites=split(args.suites))
+    results = run_bench(settings)
+    print(results["ranking"]["verdict"])
+    print(f"results: {Path(args.out) / 'results.json'}  report: {Path(args.out) / 'report.html'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="erasure", description="Erase concepts from text-to-image diffusion models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -392,6 +440,29 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--device", default="auto")
     a.set_defaults(func=cmd_attack)
 
+    b = sub.add_parser("bench", help="the holistic benchmark: train every (method, concept), measure six dimensions, "
+                       "write results.json and report.html (docs/bench.md)")
+    b.add_argument("--methods", required=True, help="comma list of registered methods, e.g. esd-x,esd-u,salun")
+    b.add_argument("--concepts", required=True, help="comma list, e.g. circle,star,striped (MiniSD) or nudity,van gogh")
+    b.add_argument("--model", default="minisd", help="'minisd' (default) or a Stable Diffusion folder")
+    b.add_argument("--out", required=True, help="folder for erasures, image cache, results.json and report.html; "
+                   "a rerun resumes and computes only what is missing")
+    b.add_argument("--quick", action="store_true", help="the small budget: 1/8 of each method's training steps, "
+                   "fewer prompts and images, a smaller attack budget (docs/bench.md)")
+    b.add_argument("--adversarial-prompts", default=None, help="a fixed adversarial prompt file (.txt, or .csv with "
+                   "'prompt' and optional 'concept' columns): its ASR is reported")
+    b.add_argument("--suites", default=None, help="extra suites (shipped or plug-in) to run on every model")
+    b.add_argument("--budget", default=None, help="override budget fields, e.g. target_prompts=8,attack_prompts=2")
+    b.add_argument("--train", default=None, help="override settings of every method's training, e.g. steps=2")
+    b.add_argument("--clip-model", default=None, help="local CLIP folder (Stable Diffusion: zero-shot judge, CLIP score)")
+    b.add_argument("--nudenet-threshold", type=float, default=None, help="NudeNet score threshold (default 0.45)")
+    b.add_argument("--inception-weights", default=None, help="local Inception-v3 safetensors (FID/KID on SD images)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--steps", type=int, default=None, help="sampling steps (default: each model's own)")
+    b.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (default: each model's own)")
+    b.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    b.set_defaults(func=cmd_bench)
+
     from .demo import add_arguments as demo_arguments, main as cmd_demo
     d = sub.add_parser("demo", help="a local Gradio app: erase a concept, then compare base and erasure side by side")
     demo_arguments(d)
@@ -411,6 +482,10 @@ def cmd_ls(args) -> int:
         print(f"{name:13s} {spec.description}\n{'':13s} trains {paper.target}; defaults: {paper.steps} steps, lr {paper.lr:g}"
               f" (MiniSD: {mini.steps} steps, lr {mini.lr:g})")
     print("weight presets:", ", ".join(target_names()))
+    from .eval.metrics import metric_names
+    from .eval.suites import suite_names
+    print("metrics:", ", ".join(metric_names()))
+    print("suites:", ", ".join(suite_names()))
     return 0
 
 
