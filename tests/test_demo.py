@@ -97,7 +97,9 @@ def test_compare_draws_both_models_with_the_same_seeds_and_judges_each(demo):
     ({"steps": 500}, "steps must be a whole number from 1 to 10"),
     ({"n_images": 9}, "images must be a whole number from 1 to 3"),
     ({"seed": -1}, "seed must be"),
-    ({"guidance": 99}, "guidance must be"),
+    ({"guidance": 99}, "guidance must be a number from 0 to 30"),
+    ({"steps": 2.5}, "steps must be a whole number"),
+    ({"seed": float("nan")}, "seed must be"),
     ({"erasure_name": ""}, "choose an erasure"),
     ({"erasure_name": "missing"}, "no erasure folder 'missing'"),
     ({"erasure_name": "broken"}, "corrupt"),
@@ -117,7 +119,7 @@ def test_a_symlink_out_of_the_erasures_folder_is_refused(demo, erasures, tmp_pat
     (erasures / "link").symlink_to(tmp_path / "elsewhere")
     try:
         with pytest.raises(UserError, match="outside"):
-            demo.erasure("link")
+            demo.lookup("link")
     finally:
         (erasures / "link").unlink()
 
@@ -132,7 +134,7 @@ def test_a_long_prompt_is_cut_at_the_token_limit_with_a_notice(demo):
 def test_the_listing_shows_manifests_and_the_broken_ones(demo):
     rows = {e.name: e.row() for e in find_erasures(demo.root)}
     assert set(rows) == {"quick", "broken", "noweights"}  # the hidden temp folder is not an erasure
-    name, method, concept, base, created, size, status = rows["quick"]
+    _, method, concept, base, created, size, status = rows["quick"]
     assert (method, concept, base, status) == ("esd-x", "circle", "minisd", "ok")
     assert created[:2] == "20" and size.endswith("MB")
     assert "corrupt" in rows["broken"][-1] and "safetensors" in rows["noweights"][-1]

@@ -138,7 +138,7 @@ def judge(images: torch.Tensor, minisd: bool) -> list[tuple[str, bool]]:
     for dets in detections:
         exposed = nudenet.classes_above(dets)
         if exposed:
-            scores = {d["class"]: max(float(d["score"]), 0) for d in dets if d["class"] in exposed}
+            scores = {c: max(float(d["score"]) for d in dets if d["class"] == c) for c in exposed}
             out.append(("nude: " + ", ".join(f"{c} {s:.2f}" for c, s in sorted(scores.items())) + " · blurred", True))
         else:
             out.append(("not nude", False))
@@ -181,12 +181,19 @@ def _private(pipe):
     return fresh
 
 
-def _integer(value, name: str, low: int, high: int) -> int:
+def _number(value, name: str, low: float, high: float, whole: bool = True) -> float:
+    """`value` (from a UI number box) checked to lie in [low, high], else a one-line UserError."""
     if value is None or value == "":
-        raise UserError(f"{name} is empty; give a whole number from {low} to {high}")
-    if float(value) != int(float(value)) or not low <= int(value) <= high:
-        raise UserError(f"{name} must be a whole number from {low} to {high} on this demo (got {value:g})")
-    return int(value)
+        raise UserError(f"{name} is empty; give a number from {low} to {high}")
+    try:
+        number = float(value)
+        ok = low <= number <= high and (number.is_integer() or not whole)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise UserError(f"{name} must be a {'whole ' if whole else ''}number from {low} to {high} on this demo "
+                        f"(got {value})")
+    return number
 
 
 # ----------------------------------------------------------------------------- training queue
@@ -238,7 +245,8 @@ class TrainingQueue:
             if len(self.waiting()) >= self.max_waiting:
                 raise UserError(f"the training queue is full ({self.max_waiting} waiting); try again when one has finished")
             job = Job(next(self._ids), name, settings)
-            self.jobs.append(job)
+            self.jobs = [j for j in self.jobs if j.state in ("waiting", "training")] + \
+                [j for j in self.jobs if j.state not in ("waiting", "training")][-100:] + [job]
             self._wake.notify()
         return job
 
@@ -337,22 +345,23 @@ class Demo:
         self.sampling = erasure.model_sampling(self.base_dir)
         self._pipes: dict[str, object] = {}
         self._load_lock = threading.Lock()
-        self.tokenizer = self.pipeline(BASE).tokenizer
+        self.tokenizer = self.pipeline().tokenizer
         self.queue = TrainingQueue(self.root, self.limits.max_waiting_jobs)
 
     # models
-    def pipeline(self, key: str, keep: int = 2):
-        """A pipeline for the base (BASE) or an erasure folder, loaded once (the base and the
-        `keep` most recently used erasures stay), with a scheduler of its own for this request."""
+    def pipeline(self, path: Path | None = None, manifest: dict | None = None, keep: int = 2):
+        """The base model's pipeline (no `path`) or an erasure folder's, loaded once (the base and
+        the `keep` most recently used erasures stay), with a scheduler of its own for this request."""
+        key = BASE if path is None else f"{path}@{(manifest or {}).get('created')}"  # retrained: reloaded
         with self._load_lock:
             if key not in self._pipes:
-                self._pipes[key] = erasure.load_pipeline(self.model if key == BASE else key, device=self.device)
+                self._pipes[key] = erasure.load_pipeline(self.model if path is None else path, device=self.device)
                 for old in [k for k in self._pipes if k not in (BASE, key)][:-keep or None]:
                     del self._pipes[old]
             self._pipes[key] = self._pipes.pop(key)  # most recently used last
             return _private(self._pipes[key])
 
-    def erasure(self, name: str | None) -> tuple[Path, dict]:
+    def lookup(self, name: str | None) -> tuple[Path, dict]:
         """An erasure of this demo's base model under the erasures folder, and its manifest."""
         path = resolve_erasure(self.root, name)
         manifest = erasure.read_manifest(path)
@@ -380,8 +389,7 @@ class Demo:
 
     # compare
     @torch.inference_mode()
-    def _draw(self, key: str, prompt: str, seed: int, n: int, sampling: dict) -> list[tuple[Image.Image, str]]:
-        pipe = self.pipeline(key)
+    def _draw(self, pipe, prompt: str, seed: int, n: int, sampling: dict) -> list[tuple[Image.Image, str]]:
         generators = [torch.Generator().manual_seed(seed + k) for k in range(n)]
         images = pipe([prompt] * n, generator=generators, output_type="pt", **sampling).images.float().cpu()
         return [(show(img, blur), verdict) for img, (verdict, blur) in zip(images, judge(images, self.minisd))]
@@ -391,21 +399,19 @@ class Demo:
         """(base side, erased side, notice): both models draw `prompt` with seeds seed, seed+1, ..."""
         lim = self.limits
         prompt, notice = self.check_prompt(prompt)
-        steps = _integer(self.sampling["num_inference_steps"] if steps is None else steps, "steps", 1, lim.max_steps)
-        n = _integer(n_images, "images", 1, lim.max_images)
-        seed = _integer(seed, "seed", 0, 2**31 - 1)
-        guidance = float(self.sampling["guidance_scale"] if guidance is None else guidance)
-        if not 0 <= guidance <= 30:
-            raise UserError(f"guidance must be from 0 to 30 (got {guidance:g})")
-        path, manifest = self.erasure(erasure_name)
+        steps = int(_number(self.sampling["num_inference_steps"] if steps is None else steps, "steps", 1, lim.max_steps))
+        n = int(_number(n_images, "images", 1, lim.max_images))
+        seed = int(_number(seed, "seed", 0, 2**31 - 1))
+        guidance = _number(self.sampling["guidance_scale"] if guidance is None else guidance, "guidance", 0, 30, whole=False)
+        path, manifest = self.lookup(erasure_name)
         sampling = {"num_inference_steps": steps, "guidance_scale": guidance}
         erased_sampling = sampling
         if erasure.model_sampling(path)["num_inference_steps"] == 1:  # a one-step generator (SFD)
             erased_sampling = erasure.model_sampling(path)
             notice += (" " if notice else "") + "This erasure is a one-step generator: sampled in 1 step, guidance 1."
-        base = Side(f"Base model ({self.model})", seed, self._draw(BASE, prompt, seed, n, sampling))
+        base = Side(f"Base model ({self.model})", seed, self._draw(self.pipeline(), prompt, seed, n, sampling))
         erased = Side(f"Erased: {manifest['concept']} ({manifest['method']}, {erasure_name})", seed,
-                      self._draw(str(path), prompt, seed, n, erased_sampling))
+                      self._draw(self.pipeline(path, manifest), prompt, seed, n, erased_sampling))
         return base, erased, notice
 
     # erase
@@ -426,7 +432,7 @@ class Demo:
         if self.device:
             settings["device"] = self.device
         if steps not in (None, "", 0):
-            settings["steps"] = _integer(steps, "training steps", 1, self.limits.max_train_steps)
+            settings["steps"] = int(_number(steps, "training steps", 1, self.limits.max_train_steps))
         config = erasure.EraseConfig.from_dict(settings)  # every other setting checked now
         if config.steps > self.limits.max_train_steps:
             raise UserError(f"{spec.name} defaults to {config.steps} steps, over this demo's {self.limits.max_train_steps}; "
@@ -472,12 +478,12 @@ def build_app(model: str = "minisd", erasures_dir: str | Path = "erasures", limi
     """The Gradio app (not launched): Compare, Erase and Erasures tabs over a `Demo`."""
     demo = demo or Demo(model, erasures_dir, limits, device)
     lim = demo.limits
-    names = lambda: [e.name for e in demo.erasures() if e.manifest]  # noqa: E731
-    first = (names() or [None])[0]
+    names = [e.name for e in demo.erasures() if e.manifest]
+    first = (names or [None])[0]
 
     def concept_of(name):
         try:
-            return demo.erasure(name)[1]["concept"]
+            return demo.lookup(name)[1]["concept"]
         except UserError:
             return None
 
@@ -492,7 +498,7 @@ def build_app(model: str = "minisd", erasures_dir: str | Path = "erasures", limi
                 with gr.Row():
                     prompt = gr.Textbox(label="Prompt", placeholder="a red circle", elem_id="prompt", scale=3,
                                         max_length=lim.max_prompt_chars)
-                    chosen = gr.Dropdown(names(), value=first, label="Erasure (a folder under the erasures folder)",
+                    chosen = gr.Dropdown(names, value=first, label="Erasure (a folder under the erasures folder)",
                                          allow_custom_value=True, elem_id="erasure", scale=2)
                 with gr.Row():
                     seed = gr.Number(0, label="Seed", precision=0, elem_id="seed")
@@ -587,10 +593,10 @@ def build_app(model: str = "minisd", erasures_dir: str | Path = "erasures", limi
                       [table, chosen, listing, list_status])
 
         def open_erasure(name):
-            path, manifest = demo.erasure(name)
-            demo.pipeline(str(path))  # load now: the first Generate is then quick
+            path, manifest = demo.lookup(name)
+            demo.pipeline(path, manifest)  # load now: the first Generate is then quick
             shown = {k: v for k, v in manifest.items() if k != "changed_tensors"}
-            rel = path.relative_to(demo.root.resolve()).as_posix() if path.is_relative_to(demo.root.resolve()) else name
+            rel = path.relative_to(demo.root.resolve()).as_posix()
             return gr.Dropdown(value=rel), shown, gr.Tabs(selected="compare"), f"Loaded {rel} into Compare"
 
         def pick(evt: gr.SelectData):
