@@ -273,6 +273,10 @@ def test_cli_refuses_a_missing_model_and_warns_about_other_interfaces(erasures, 
     assert "no model folder at '/no/such/model'" in err and len(err.strip().splitlines()) == 1
     assert run(["demo", "--model", str(erasures / "quick"), "--erasures", str(erasures)]) == 2
     assert "is an erasure; --model takes its base model" in capsys.readouterr().err
+    from erasure.demo.__main__ import run as python_m_erasure_demo
+
+    assert python_m_erasure_demo(["--model", "/no/such/model", "--erasures", str(erasures)]) == 2
+    assert capsys.readouterr().err.startswith("erasure demo: error: no model folder at '/no/such/model'")
     assert host_warning("127.0.0.1") is None and "0.0.0.0" in host_warning("0.0.0.0")
 
 
