@@ -339,6 +339,7 @@ def _key_values(flag: str, text: str | None, allowed: dict | None = None) -> dic
 
 def cmd_bench(args) -> int:
     import dataclasses
+    import shlex
 
     from .eval.bench import FULL, QUICK, BenchSettings, run_bench
 
@@ -355,7 +356,7 @@ def cmd_bench(args) -> int:
                              train=_key_values("--train", args.train), sampling=sampling,
                              adversarial_prompts=args.adversarial_prompts, clip_model=args.clip_model,
                              nudenet_threshold=args.nudenet_threshold, inception_weights=args.inception_weights,
-                             suites=split(args.suites))
+                             suites=split(args.suites), command=shlex.join(["erasure", *args.argv]))
     results = run_bench(settings)
     print(results["ranking"]["verdict"])
     print(f"results: {Path(args.out) / 'results.json'}  report: {Path(args.out) / 'report.html'}")
@@ -447,8 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--model", default="minisd", help="'minisd' (default) or a Stable Diffusion folder")
     b.add_argument("--out", required=True, help="folder for erasures, image cache, results.json and report.html; "
                    "a rerun resumes and computes only what is missing")
-    b.add_argument("--quick", action="store_true", help="the small budget: 1/8 of each method's training steps, "
-                   "fewer prompts and images, a smaller attack budget (docs/bench.md)")
+    b.add_argument("--quick", action="store_true", help="the small budget: 1/16 of each method's training steps and "
+                   "self-generated data, 10 sampling steps, fewer prompts and images, a smaller attack budget "
+                   "(docs/bench.md)")
     b.add_argument("--adversarial-prompts", default=None, help="a fixed adversarial prompt file (.txt, or .csv with "
                    "'prompt' and optional 'concept' columns): its ASR is reported")
     b.add_argument("--suites", default=None, help="extra suites (shipped or plug-in) to run on every model")
@@ -491,6 +493,8 @@ def cmd_ls(args) -> int:
 
 def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "bench":  # the report shows the command that made it
+        args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
     except UserError as e:

@@ -57,17 +57,18 @@ BASE = "base"
 @dataclass
 class Budget:
     """How much of each measurement a run makes. `FULL` and `QUICK` below; docs/bench.md."""
-    train_scale: float = 1.0        # x each method's defaults for steps, warm-ups and self-generated images
+    train_scale: float = 1.0        # x each method's default steps and self-generated data sizes
+    sampling_steps: int = 0         # sampling steps of every multi-step model (0 = the model's own: MiniSD 25)
     images_per_prompt: int = 2      # images per target prompt (the faithfulness figure)
     images_per_other: int = 1       # images per prompt of every other set
     target_prompts: int = 24        # English target prompts
-    multilingual_prompts: int = 12  # per language (fr, de)
-    related_per_concept: int = 6    # prompts per related concept (MiniSD: per sibling object/colour/style)
-    ordinary_prompts: int = 48      # alignment (and the FID/KID images)
-    attack_prompts: int = 4         # target prompts the discrete attack runs on
-    attack_iterations: int = 20     # its iterations per prompt (UnlearnDiffAtk: 40)
-    attack_check_every: int = 2     # generate and judge every N iterations
-    rab_prompts: int = 4            # Ring-A-Bell seed prompts
+    multilingual_prompts: int = 8   # per language (fr, de)
+    related_per_concept: int = 4    # prompts per related concept (MiniSD: per sibling object/colour/style)
+    ordinary_prompts: int = 32      # alignment (and the FID/KID images)
+    attack_prompts: int = 3         # target prompts the discrete attack runs on
+    attack_iterations: int = 16     # its iterations per prompt (UnlearnDiffAtk: 40)
+    attack_check_every: int = 4     # generate and judge every N iterations (UnlearnDiffAtk: 1)
+    rab_prompts: int = 3            # Ring-A-Bell seed prompts
     rab_population: int = 100       # (paper: 200)
     rab_generations: int = 100      # (paper: 3000)
     rab_images: int = 2             # images per Ring-A-Bell prompt
@@ -75,14 +76,14 @@ class Budget:
 
 
 FULL = Budget()
-QUICK = Budget(train_scale=0.125, images_per_prompt=1, target_prompts=12, multilingual_prompts=6,
-               related_per_concept=2, ordinary_prompts=24, attack_prompts=2, attack_iterations=8,
-               attack_check_every=4, rab_prompts=2, rab_population=48, rab_generations=30, rab_images=1,
-               sampling_images=4)
+QUICK = Budget(train_scale=1 / 16, sampling_steps=10, images_per_prompt=1, target_prompts=8, multilingual_prompts=4,
+               related_per_concept=1, ordinary_prompts=12, attack_prompts=1, attack_iterations=4, attack_check_every=2,
+               rab_prompts=2, rab_population=32, rab_generations=20, rab_images=1, sampling_images=4)
 
-# config fields that --quick (train_scale) scales when a method's config has them
-SCALED_FIELDS = ("steps", "disc_warmup", "attack_warmup", "distill_steps", "n_forget", "n_retain", "n_anchor",
-                 "n_remain")
+# config fields that follow the number of steps (warm-ups: the same fraction of the run), and the
+# self-generated data sizes that the budget's train_scale scales (when a method's config has them)
+STEP_FIELDS = ("disc_warmup", "attack_warmup", "distill_steps")
+DATA_FIELDS = ("n_forget", "n_retain", "n_anchor", "n_remain")
 
 
 @dataclass
@@ -102,6 +103,7 @@ class BenchSettings:
     nudenet_threshold: float | None = None
     inception_weights: str | None = None
     suites: list[str] = field(default_factory=list)         # extra suites reported beside the six dimensions
+    command: str = ""                                       # the command line, shown in the report
 
     def identity(self) -> dict[str, Any]:
         """What a cached folder must share with this run to be reused (methods and concepts may grow)."""
@@ -171,7 +173,7 @@ def check_settings(settings: BenchSettings) -> list:
         raise UserError(f"--methods names a method twice: {', '.join(settings.methods)}")
     resolve_model(settings.model)
     for name, value in asdict(settings.budget).items():
-        if (value <= 0) if name != "train_scale" else not value > 0:
+        if (value < 0 if name == "sampling_steps" else not value > 0):
             raise UserError(f"bench budget {name} must be positive (got {value})")
     protocols = [make_protocol(c, settings) for c in settings.concepts]
     concepts = [p.concept for p in protocols]
@@ -186,6 +188,10 @@ def check_settings(settings: BenchSettings) -> list:
         read_prompt_file(settings.adversarial_prompts)
     for s in settings.suites:
         load_suite(s)
+    fields = {f.name for m in settings.methods for f in dataclasses.fields(get_method(m).config_cls)}
+    unknown = sorted(set(settings.train) - fields)
+    if unknown:
+        raise UserError(f"--train: '{unknown[0]}' is a setting of none of the methods {', '.join(settings.methods)}")
     for m in settings.methods:  # every (method, concept) config builds (bad --train settings fail here)
         for c in concepts:
             _train_config(settings, m, c)
@@ -218,8 +224,9 @@ def _check_folder(settings: BenchSettings) -> None:
 
 
 def _train_config(settings: BenchSettings, method: str, concept: str):
-    """The method's config for this concept: its defaults (MiniSD's column on MiniSD), scaled
-    by the budget's train_scale, under the run's explicit overrides."""
+    """The method's config for this concept: its defaults (MiniSD's column on MiniSD) with steps
+    and self-generated data sizes scaled by the budget's train_scale (warm-ups keep their
+    fraction of the steps), under the run's explicit overrides (e.g. steps=2)."""
     from ..config import EraseConfig
     from ..registry import get_method
 
@@ -227,11 +234,15 @@ def _train_config(settings: BenchSettings, method: str, concept: str):
     base = {"method": spec.name, "concept": concept, "base_model": settings.model, "seed": settings.seed,
             "device": settings.device}
     default = EraseConfig.from_dict(base)
-    scaled: dict[str, Any] = {}
-    if settings.budget.train_scale != 1:
-        for name in SCALED_FIELDS:
-            if hasattr(default, name) and name not in settings.train:
-                scaled[name] = max(1, int(round(getattr(default, name) * settings.budget.train_scale)))
+    scale = settings.budget.train_scale
+    steps = int(settings.train.get("steps") or max(1, round(default.steps * scale)))
+    scaled: dict[str, Any] = {"steps": steps}
+    for name in STEP_FIELDS:  # e.g. DoCo's discriminator warm-up stays the same fraction of the run
+        if hasattr(default, name) and name not in settings.train:
+            scaled[name] = int(getattr(default, name) * steps / default.steps)
+    for name in DATA_FIELDS:
+        if hasattr(default, name) and name not in settings.train:
+            scaled[name] = max(1, int(round(getattr(default, name) * scale)))
     known = {f.name for f in dataclasses.fields(spec.config_cls)}
     extra = {k: v for k, v in settings.train.items() if k in known}
     return EraseConfig.from_dict({**base, **scaled, **extra})
@@ -448,16 +459,27 @@ class Bench:
         for suite_name in self.s.suites:
             _piece(folder / f"suite-{suite_name}.json", lambda: self.extra_suite(model, suite_name, lazy))
 
+    def _overrides(self, model) -> dict:
+        """Sampling settings the run imposes on `model`: none on a one-step generator (SFD samples
+        in one step, guidance 1), else --steps/--guidance and the budget's sampling steps."""
+        from ..models import is_one_step
+        if is_one_step(model):
+            return {}
+        out = dict(self.s.sampling)
+        if self.s.budget.sampling_steps and "num_inference_steps" not in out:
+            out["num_inference_steps"] = self.s.budget.sampling_steps
+        return out
+
     def _sampling(self, model) -> tuple[dict, bool]:
         from ..models import is_one_step, model_sampling
-        return {**model_sampling(model), **self.s.sampling}, not is_one_step(model)
+        return {**model_sampling(model), **self._overrides(model)}, not is_one_step(model)
 
     def evaluate_set(self, label: str, model, concept: str, pset, lazy: _LazyPipe) -> dict:
         from .runner import evaluate, model_key, plan
 
         self.log(f"[bench] {label} / {concept}: {pset.name} prompts")
         result, _, rows = evaluate(model, pset.suite(), self.out / "cache", seed=self.s.seed,
-                                   metric_settings=pset.settings, sampling=self.s.sampling, device=self.device,
+                                   metric_settings=pset.settings, sampling=self._overrides(model), device=self.device,
                                    make=lazy.make)
         sampling, row_guidance = self._sampling(model)
         items = plan(rows, pset.images_per_prompt, self.s.seed, sampling, row_guidance)
@@ -468,8 +490,9 @@ class Bench:
                 metric["per_image"] = []
         command = ["erasure eval", f"--model {model}", f"--prompts {pset.path}",
                    f"--images-per-prompt {pset.images_per_prompt}", f"--seed {self.s.seed}", f"--concept '{concept}'"]
-        command += [f"--steps {self.s.sampling['num_inference_steps']}"] if "num_inference_steps" in self.s.sampling else []
-        command += [f"--guidance {self.s.sampling['guidance_scale']}"] if "guidance_scale" in self.s.sampling else []
+        overrides = self._overrides(model)
+        command += [f"--steps {overrides['num_inference_steps']}"] if "num_inference_steps" in overrides else []
+        command += [f"--guidance {overrides['guidance_scale']}"] if "guidance_scale" in overrides else []
         result["reproduce"] = " ".join(command + ["--json OUT.json"])
         return result
 
@@ -513,7 +536,7 @@ class Bench:
         self.log(f"[bench] {self._label_of(model)} / {concept}: discrete attack on {b.attack_prompts} prompts")
         cfg = DiscreteAttackConfig(iterations=b.attack_iterations, check_every=b.attack_check_every, seed=self.s.seed)
         report = run_attack(model, concept, self.sets[concept]["target"].rows(), folder / "attack-discrete.partial.json",
-                            cfg, seed=self.s.seed, sampling=self.s.sampling, device=self.device,
+                            cfg, seed=self.s.seed, sampling=self._overrides(model), device=self.device,
                             limit=b.attack_prompts, judge=proto.judge(),
                             **({"threshold": self.s.nudenet_threshold} if self.s.nudenet_threshold else {}))
         (folder / "attack-discrete.partial.json").unlink(missing_ok=True)
@@ -539,21 +562,34 @@ class Bench:
             out["n_changed_parameters"] = self._changed_parameters(model, lazy)
         return out
 
-    def _changed_parameters(self, model, lazy: _LazyPipe) -> int:
-        """Parameters whose value differs from the base model's (SalUn's mask trains only some)."""
-        from ..io import WEIGHTS_NAME, base_tensors
+    def _changed_parameters(self, model, lazy: _LazyPipe) -> int | None:
+        """Parameters whose value differs from the base model's (SalUn's mask trains only some),
+        reading only the needed tensors from the base's safetensors files (None without them)."""
+        from safetensors import safe_open
+
+        from ..io import WEIGHTS_NAME
         from ..io_utils import load_tensors
-        from ..models import load_pipeline
+        from ..models import resolve_model
 
         tensors = load_tensors(Path(model) / WEIGHTS_NAME)
-        base = base_tensors(load_pipeline(self.s.model, device="cpu"), list(tensors))
-        return int(sum((tensors[k].float() != base[k].float().cpu()).sum() for k in tensors))
+        root = resolve_model(self.s.model)
+        files = {c: sorted((root / c).glob("*.safetensors")) for c in ("unet", "text_encoder")}
+        changed = 0
+        for component in ("unet", "text_encoder"):
+            keys = {k.split(".", 1)[1]: k for k in tensors if k.startswith(component + ".")}
+            for f in files[component]:
+                with safe_open(str(f), framework="pt") as base:
+                    for name in set(keys) & set(base.keys()):
+                        changed += int((tensors[keys.pop(name)].float() != base.get_tensor(name).float()).sum())
+            if keys:  # a base without (these) safetensors: not counted rather than guessed
+                return None
+        return changed
 
     def extra_suite(self, model, name: str, lazy: _LazyPipe) -> dict:
         from .runner import evaluate
         from .suites import load_suite
         suite = load_suite(name)
-        result, _, _ = evaluate(model, suite, self.out / "cache", seed=self.s.seed, sampling=self.s.sampling,
+        result, _, _ = evaluate(model, suite, self.out / "cache", seed=self.s.seed, sampling=self._overrides(model),
                                 device=self.device, make=lazy.make)
         return {"suite": name, "summary": result["summary"],
                 "protocol": {k: v.get("protocol") for k, v in result["metrics"].items()}}
@@ -562,7 +598,8 @@ class Bench:
     def collect(self) -> dict:
         """Every piece of this run's methods and concepts, as the six dimensions."""
         results: dict[str, Any] = {
-            "format": FORMAT, "erasure_version": __version__, "model": self.s.model, "quick": self.s.quick,
+            "format": FORMAT, "erasure_version": __version__, "command": self.s.command, "model": self.s.model,
+            "quick": self.s.quick,
             "seed": self.s.seed, "methods": self.s.methods, "concepts": self.s.concepts,
             "budget": asdict(self.s.budget), "train_overrides": self.s.train, "sampling_overrides": self.s.sampling,
             "protocol": {}, "models": {}}

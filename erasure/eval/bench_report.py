@@ -271,6 +271,7 @@ figure{{margin:12px 0}}figcaption{{font-size:12px}}.verdict{{font-size:18px;back
 <code>{html.escape(str(results['model']))}</code>; methods {html.escape(', '.join(results['methods']))};
 concepts {html.escape(', '.join(results['concepts']))}; {'--quick' if results['quick'] else 'full'} budget
 ({html.escape(budget)}); seed {results['seed']}; erasure {html.escape(results['erasure_version'])}.</p>
+<p>Command: <code>{html.escape(results.get('command') or '')}</code></p>
 <p class="verdict">{html.escape(results['ranking']['verdict'])}</p>
 <h2>Ranking</h2><p class="q">Mean score over concepts per dimension (1 = best possible), rank within the run;
 green = best on that dimension. The efficiency score is relative to the run's other methods.</p>
