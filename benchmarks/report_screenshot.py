@@ -2,6 +2,10 @@
 summary table and the image grids (the DOM Chromium rendered, not just the file text).
 
     python benchmarks/report_screenshot.py out/no-circle/report/report.html [--png shot.png]
+    python benchmarks/report_screenshot.py runs/bench/report.html --bench [--png shot.png]
+
+`--bench` checks an `erasure bench` report instead: every method (one radar each) has a row in
+each of the six dimension tables.
 
 Needs a Chromium binary (Debian: apt-get install chromium). Exits non-zero when the rendered
 page lacks the table or the grids.
@@ -26,6 +30,7 @@ def main() -> None:
     p.add_argument("--png", type=Path, default=None)
     p.add_argument("--width", type=int, default=1200)
     p.add_argument("--height", type=int, default=2200)
+    p.add_argument("--bench", action="store_true", help="check an erasure bench report (six dimensions per method)")
     args = p.parse_args()
     chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if not chromium:
@@ -39,9 +44,29 @@ def main() -> None:
     rows = len(re.findall(r"<tr>", dom))
     images = len(re.findall(r"<img ", dom))
     ok = png.exists() and png.stat().st_size > 10_000 and rows >= 2 and images >= 2
+    missing = bench_missing(dom) if args.bench else []
+    ok = ok and not missing
     print(f"screenshot {png} ({png.stat().st_size if png.exists() else 0} bytes); rendered table rows: {rows}, "
-          f"images: {images} -> {'OK' if ok else 'MISSING table or grids'}")
+          f"images: {images} -> {'OK' if ok else 'MISSING ' + ('; '.join(missing) or 'table or grids')}")
     sys.exit(0 if ok else 1)
+
+
+def bench_missing(dom: str) -> list[str]:
+    """What an erasure bench report lacks: a dimension section, or a method's row in one."""
+    dimensions = ("faithfulness", "alignment", "pinpoint", "multilingual", "attack", "efficiency")
+    methods = re.findall(r'alt="radar ([^"]+)"', dom)
+    missing = [] if methods else ["radar charts"]
+    for i, d in enumerate(dimensions):
+        start = dom.find(f'<h2 id="{d}">')
+        if start < 0:
+            missing.append(f"section {d}")
+            continue
+        end = dom.find("<h2", start + 1)
+        section = dom[start:end if end > 0 else len(dom)]
+        missing += [f"{m} in {d}" for m in methods if f"<td>{m}</td>" not in section]
+    if not missing:
+        print(f"bench report: {len(methods)} methods ({', '.join(methods)}) x {len(dimensions)} dimensions rendered")
+    return missing
 
 
 if __name__ == "__main__":

@@ -648,6 +648,10 @@ class Bench:
             dims["attack"]["file_asr"] = proto.asr(read("set-adversarial"))
         asrs = [v for k, v in dims["attack"].items() if k.endswith("_asr") and k != "discrete_pre_asr" and v is not None]
         dims["attack"]["robustness"] = 1 - sum(asrs) / len(asrs) if asrs else None
+        if label != BASE and self._one_step(label, concept):
+            dims["attack"]["note"] = ("one-step generator: the discrete attack's loss reads the UNet as a denoiser, "
+                                      "which a distilled generator no longer is (docs/sfd.md); its discrete ASR is "
+                                      "not comparable with the other methods'")
         eff = read("efficiency")
         dims["efficiency"] = {k: eff.get(k) for k in ("train_seconds", "peak_memory_mb", "n_trained_parameters",
                                                       "n_changed_parameters", "sampling_seconds_per_image",
@@ -656,6 +660,10 @@ class Bench:
         if self.s.suites:
             dims["suites"] = {s: read(f"suite-{s}")["summary"] for s in self.s.suites}
         return dims
+
+    def _one_step(self, label: str, concept: str) -> bool:
+        from ..models import is_one_step
+        return is_one_step(self.out / "erasures" / label / slug(concept))
 
     def _samples(self, label: str, concept: str) -> list[dict]:
         """A few images per set for the report's grids: (column title, prompt, image path)."""

@@ -17,6 +17,7 @@ says "no single winner" unless one method is best on all six (HUB's finding is t
 """
 from __future__ import annotations
 
+import base64
 import html
 import io
 import json
@@ -147,7 +148,9 @@ def radar(method: str, scores: dict[str, float | None], base: dict[str, float | 
     return _figure_png(fig)
 
 
-def _sample_grid(results: dict, concept: str, out: Path) -> tuple[str, list[dict]] | None:
+def _sample_grid(results: dict, concept: str, out: Path) -> tuple[str, int, list[dict]] | None:
+    """One row per model, one column per sample prompt (same seeds): a JPEG data URI at native
+    size (the page doubles 64-pixel images with pixelated scaling), its width, the columns."""
     from .runner import load_image
 
     labels = [BASE, *results["methods"]]
@@ -161,9 +164,12 @@ def _sample_grid(results: dict, concept: str, out: Path) -> tuple[str, list[dict
             path = out / samples[i]["image"] if i < len(samples) else None
             tiles.append(load_image(path) if path is not None and path.exists() else torch.ones(3, 64, 64))
     images = torch.stack([t if t.shape == tiles[0].shape else torch.ones_like(tiles[0]) for t in tiles])
-    scale = 2 if images.shape[-1] <= 128 else max(1, 256 // images.shape[-1])
-    g = grid(images, nrow=len(columns), scale=scale, row_labels=labels, label_width=90)
-    return _png_data_uri(g), columns
+    if images.shape[-1] > 128:  # Stable Diffusion: thumbnails
+        images = torch.nn.functional.interpolate(images, size=(128, 128), mode="bilinear", antialias=True)
+    g = grid(images, nrow=len(columns), row_labels=labels, label_width=80)
+    buf = io.BytesIO()
+    g.save(buf, format="JPEG", quality=92)  # a PNG of generated images is ~5x larger
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode(), g.width, columns
 
 
 # ----------------------------------------------------------------------------- HTML
@@ -182,13 +188,19 @@ def _fmt(v: Any) -> str:
 
 
 def _flat(values: dict) -> dict[str, Any]:
-    out = {}
+    """Scalar cells; a breakdown (a dict, e.g. erasure per synonym) becomes one "key value; ..." cell."""
+    out: dict[str, Any] = {}
     for k, v in values.items():
         if isinstance(v, dict):
-            out.update({f"{k}: {kk}": vv for kk, vv in v.items() if not isinstance(vv, (dict, list))})
+            out[k] = "; ".join(f"{html.escape(str(kk))} {_fmt(vv)}" for kk, vv in v.items()
+                               if not isinstance(vv, (dict, list)))
         elif not isinstance(v, list) and k not in ("note", "memory_rule"):
             out[k] = v
     return out
+
+
+def _cell(v: Any) -> str:
+    return f"<span class='breakdown'>{v}</span>" if isinstance(v, str) and ";" in v else _fmt(v)
 
 
 def dimension_table(results: dict, dim: str) -> str:
@@ -205,7 +217,7 @@ def dimension_table(results: dict, dim: str) -> str:
     for label, concept, score, values, note in rows:
         cls = " class='base'" if label == BASE else ""
         body += (f"<tr{cls}><td>{html.escape(label)}</td><td>{html.escape(concept)}</td><td><b>{_fmt(score)}</b></td>"
-                 + "".join(f"<td>{_fmt(values.get(c))}</td>" for c in columns) + "</tr>")
+                 + "".join(f"<td>{_cell(values.get(c))}</td>" for c in columns) + "</tr>")
         if note:
             body += f"<tr{cls}><td colspan='{len(columns) + 3}' class='note'>{html.escape(note)}</td></tr>"
     return f"<table class='dim'>{head}{body}</table>"
@@ -244,10 +256,11 @@ def write_bench_report(path: str | Path, results: dict, out: Path) -> Path:
     for concept in results["concepts"]:
         made = _sample_grid(results, concept, out)
         if made:
-            uri, columns = made
+            uri, width, columns = made
             prompts = "".join(f"<li><b>{html.escape(c['column'])}</b>: {html.escape(c['prompt'][:140])}</li>"
                               for c in columns)
-            grids += (f"<figure><img alt='samples {html.escape(concept)}' src='{uri}'><figcaption>'{html.escape(concept)}':"
+            grids += (f"<figure><img class='grid' style='width:{2 * width}px' alt='samples {html.escape(concept)}' "
+                      f"src='{uri}'><figcaption>'{html.escape(concept)}':"
                       f" one row per model (same seeds); columns, left to right:<ol>{prompts}</ol></figcaption></figure>")
     protocol = ""
     for concept, proto in results["protocol"].items():
@@ -264,7 +277,8 @@ def write_bench_report(path: str | Path, results: dict, out: Path) -> Path:
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right;font-size:13px}}th{{background:#f3f3f3}}
 td:first-child,td:nth-child(2){{text-align:left}}tr.base td{{color:#666;font-style:italic}}td.best{{background:#dff3df;
 font-weight:bold}}td.note{{text-align:left;color:#666}}img.radar{{margin:4px}}p.q{{color:#555;margin-top:-8px}}
-figure{{margin:12px 0}}figcaption{{font-size:12px}}.verdict{{font-size:18px;background:#fff7d6;padding:8px}}</style>
+figure{{margin:12px 0}}figcaption{{font-size:12px}}.verdict{{font-size:18px;background:#fff7d6;padding:8px}}
+.breakdown{{font-size:11px;white-space:nowrap}}img.grid{{image-rendering:pixelated;max-width:100%}}</style>
 </head><body>
 <h1>Concept-erasure benchmark</h1>
 <p>Six dimensions after HUB (Moon et al., <i>Holistic Unlearning Benchmark</i>, ICCV 2025). Model
