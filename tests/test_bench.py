@@ -356,3 +356,19 @@ def test_stable_diffusion_protocol_with_clip_zero_shot(tiny_sd_dir, tmp_path):
     assert dims["faithfulness"]["fid"] is not None  # 64x64 images: FID-mini (Inception needs local weights)
     assert "CLIP zero-shot" in results["protocol"]["church"]["judge"]
     assert 0 <= results["scores"]["esd-x"]["church"]["alignment"] <= 1
+
+
+def test_pieces_of_a_changed_erasure_are_remade(tiny_sd_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "changed"
+    assert run(bench_args(tiny_sd_dir, out, "esd-x")) == 0
+    piece = out / "pieces" / "esd-x" / "circle" / "set-target.json"
+    before = json.loads(piece.read_text())["model_key"]
+    weights = out / "erasures" / "esd-x" / "circle" / "erasure_model.safetensors"
+    tensors = load_file(weights)
+    save_file({k: v * 1.5 for k, v in tensors.items()}, weights)  # e.g. a user replaced the erasure
+    assert run(bench_args(tiny_sd_dir, out, "esd-x")) == 0
+    assert json.loads(piece.read_text())["model_key"] != before
+    base_piece = out / "pieces" / "base" / "circle" / "set-target.json"
+    assert json.loads(base_piece.read_text())["model_key"]  # the base's pieces were kept

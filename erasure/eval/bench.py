@@ -250,9 +250,9 @@ def _train_config(settings: BenchSettings, method: str, concept: str):
 
 @contextmanager
 def _peak_memory(device: torch.device) -> Iterator[dict]:
-    """Peak memory of the block: CUDA's allocator peak on a GPU; else the process's peak resident
-    set (Linux: VmHWM after resetting it through /proc/self/clear_refs; elsewhere the lifetime
-    peak, ru_maxrss)."""
+    """Peak memory of the block: CUDA's allocator peak on a GPU; on a CPU the process's peak
+    resident set during the block (Linux: VmHWM, reset through /proc/self/clear_refs; elsewhere
+    the lifetime peak, ru_maxrss) minus the resident set before it."""
     out: dict[str, Any] = {}
 
     def status(key: str) -> int | None:
@@ -281,13 +281,14 @@ def _peak_memory(device: torch.device) -> Iterator[dict]:
     yield out
     if reset and status("VmHWM") is not None:
         peak = status("VmHWM")
-        rule = "peak resident set of the process during training (Linux VmHWM, reset before)"
+        rule = ("peak resident set of the process during training (Linux VmHWM, reset before) minus the resident "
+                "set just before it: the memory the training added")
     else:
         import resource
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        rule = "peak resident set of the process since it started (ru_maxrss; no reset on this OS)"
-    out.update(peak_memory_mb=peak / 2**20, memory_rule=rule,
-               memory_before_mb=None if before is None else before / 2**20)
+        rule = ("peak resident set of the process since it started (ru_maxrss; no reset on this OS) minus the "
+                "resident set before training: an upper bound")
+    out.update(peak_memory_mb=(peak - (before or 0)) / 2**20, process_peak_mb=peak / 2**20, memory_rule=rule)
 
 
 def train_erasure(settings: BenchSettings, method: str, concept: str, log: Callable[[str], None] = print) -> Path:
@@ -373,13 +374,18 @@ class _LazyPipe:
         return pipeline_generate(self.pipe)(prompts, seeds, guidance, steps)
 
 
-def _piece(path: Path, compute: Callable[[], dict]) -> dict:
-    """A cached measurement: read it if it exists, else compute and write it atomically."""
+def _piece(path: Path, compute: Callable[[], dict], key: str | None = None) -> dict:
+    """A cached measurement: read it if it exists (and was made from the model whose key is
+    `key`: a retrained erasure's pieces are remade), else compute and write it atomically."""
     if path.exists():
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
+        if key is None or value.get("model_key") == key:
+            return value
     start = time.perf_counter()
     value = compute()
     value["seconds"] = time.perf_counter() - start
+    if key is not None:
+        value["model_key"] = key
     write_json(path, value)
     return value
 
@@ -448,16 +454,19 @@ class Bench:
 
     def measure(self, label: str, model: str | Path, concept: str) -> None:
         """Every cached piece of one model on one concept."""
+        from .runner import model_key
+
         folder = self.out / "pieces" / label / slug(concept)
         lazy = _LazyPipe(model, self.device)
+        key = model_key(model)  # the weights' hash: pieces of a since-retrained erasure are remade
         for name, pset in self.sets[concept].items():
-            _piece(folder / f"set-{name}.json", lambda: self.evaluate_set(label, model, concept, pset, lazy))
+            _piece(folder / f"set-{name}.json", lambda: self.evaluate_set(label, model, concept, pset, lazy), key)
         if label != BASE:
-            _piece(folder / "quality.json", lambda: self.quality(label, concept))
-        _piece(folder / "attack-discrete.json", lambda: self.discrete_attack(model, concept, folder))
-        _piece(folder / "efficiency.json", lambda: self.efficiency(label, model, concept, lazy))
+            _piece(folder / "quality.json", lambda: self.quality(label, concept), key)
+        _piece(folder / "attack-discrete.json", lambda: self.discrete_attack(model, concept, folder), key)
+        _piece(folder / "efficiency.json", lambda: self.efficiency(label, model, concept, lazy), key)
         for suite_name in self.s.suites:
-            _piece(folder / f"suite-{suite_name}.json", lambda: self.extra_suite(model, suite_name, lazy))
+            _piece(folder / f"suite-{suite_name}.json", lambda: self.extra_suite(model, suite_name, lazy), key)
 
     def _overrides(self, model) -> dict:
         """Sampling settings the run imposes on `model`: none on a one-step generator (SFD samples
@@ -653,7 +662,8 @@ class Bench:
                                       "which a distilled generator no longer is (docs/sfd.md); its discrete ASR is "
                                       "not comparable with the other methods'")
         eff = read("efficiency")
-        dims["efficiency"] = {k: eff.get(k) for k in ("train_seconds", "peak_memory_mb", "n_trained_parameters",
+        dims["efficiency"] = {k: eff.get(k) for k in ("train_seconds", "peak_memory_mb", "process_peak_mb",
+                                                      "n_trained_parameters",
                                                       "n_changed_parameters", "sampling_seconds_per_image",
                                                       "steps", "resumed", "memory_rule") if k in eff}
         dims["samples"] = self._samples(label, concept)
