@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -84,15 +85,16 @@ def test_erasure_figure_equals_erasure_eval(finished, tmp_path):
     piece = json.loads((finished / "pieces" / "esd-x" / "circle" / "set-target.json").read_text())
     erasure = finished / "erasures" / "esd-x" / "circle"
     out = tmp_path / "eval.json"
-    # a fresh image cache: erasure eval generates the images again from the same erasure and seed
-    assert run(["eval", "--model", str(erasure), "--prompts", piece["prompt_file"], "--images-per-prompt", "1",
-                "--seed", "0", "--steps", "2", "--json", str(out), "--cache", str(tmp_path / "cache")]) == 0
+    # the command the piece records, with a fresh image cache: erasure eval generates the images
+    # again from the same erasure and seed
+    argv = [str(out) if a == "OUT.json" else a for a in shlex.split(piece["reproduce"])]
+    assert argv[:2] == ["erasure", "eval"] and "--steps" in argv and str(erasure) in argv
+    assert run(argv[1:] + ["--cache", str(tmp_path / "cache")]) == 0
     single = json.loads(out.read_text())
     assert single["summary"]["erasure_rate"] == piece["summary"]["erasure_rate"]
     assert single["metrics"]["mini_classifier"]["per_image"] == piece["metrics"]["mini_classifier"]["per_image"]
     results = json.loads((finished / "results.json").read_text())
     assert results["models"]["esd-x"]["circle"]["faithfulness"]["erasure"] == single["summary"]["erasure_rate"]
-    assert "--steps 2" in piece["reproduce"] and str(erasure) in piece["reproduce"]
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
