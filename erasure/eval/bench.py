@@ -175,7 +175,8 @@ def check_settings(settings: BenchSettings) -> list:
     resolve_model(settings.model)
     for name, value in asdict(settings.budget).items():
         if (value < 0 if name == "sampling_steps" else not value > 0):
-            raise UserError(f"bench budget {name} must be positive (got {value})")
+            least = "0 or more (0 = the model's own)" if name == "sampling_steps" else "positive"
+            raise UserError(f"bench budget {name} must be {least} (got {value})")
     protocols = [make_protocol(c, settings) for c in settings.concepts]
     concepts = [p.concept for p in protocols]
     if len(set(concepts)) != len(concepts):
