@@ -18,8 +18,9 @@ skipped with a warning naming it; the built-ins keep working.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from importlib import metadata
-from typing import Any, Callable
+from typing import Any
 
 GROUPS = ("erasure.methods", "erasure.metrics", "erasure.suites")
 _loaded: dict[str, set[str]] = {g: set() for g in GROUPS}
@@ -41,7 +42,7 @@ def load_group(group: str, add: Callable[[str, Any], None]) -> None:
         _loaded[group].add(ep.name)
         try:
             add(ep.name, ep.load())
-        except Exception as e:  # a broken plug-in must not take the built-ins down
+        except Exception as e:  # noqa: BLE001 (a broken plug-in must not take the built-ins down)
             dist = getattr(getattr(ep, "dist", None), "name", "?")
             warnings.warn(f"erasure plug-in {group} '{ep.name}' ({ep.value}, from {dist}) failed to load: "
                           f"{type(e).__name__}: {e}", stacklevel=2)

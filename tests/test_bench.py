@@ -16,11 +16,12 @@ import pytest
 import torch
 
 from erasure.cli import run
-from erasure.eval.bench import DIMENSIONS, QUICK, Budget, BenchSettings, _train_config
+from erasure.eval.bench import DIMENSIONS, QUICK, BenchSettings, Budget, _train_config
 
-TINY = dict(train_scale=1, sampling_steps=2, images_per_prompt=1, images_per_other=1, target_prompts=2,
-            multilingual_prompts=1, related_per_concept=1, ordinary_prompts=3, attack_prompts=1, attack_iterations=1,
-            attack_check_every=1, rab_prompts=1, rab_population=4, rab_generations=2, rab_images=1, sampling_images=1)
+TINY = {"train_scale": 1, "sampling_steps": 2, "images_per_prompt": 1, "images_per_other": 1, "target_prompts": 2,
+        "multilingual_prompts": 1, "related_per_concept": 1, "ordinary_prompts": 3, "attack_prompts": 1,
+        "attack_iterations": 1, "attack_check_every": 1, "rab_prompts": 1, "rab_population": 4, "rab_generations": 2,
+        "rab_images": 1, "sampling_images": 1}
 BUDGET = ",".join(f"{k}={v}" for k, v in TINY.items())
 
 
@@ -186,8 +187,14 @@ def test_quick_scales_every_method_consistently(tmp_path):
 
 
 def test_ring_a_bell_finds_tokens_closer_to_its_target(tiny_sd_dir):
-    from erasure.attacks.ring_a_bell import (RingABellConfig, concept_vector, encode_ids, genetic_search,
-                                             ring_a_bell, tokenize)
+    from erasure.attacks.ring_a_bell import (
+        RingABellConfig,
+        concept_vector,
+        encode_ids,
+        genetic_search,
+        ring_a_bell,
+        tokenize,
+    )
     from erasure.models import load_pipeline
 
     pipe = load_pipeline(tiny_sd_dir, device="cpu")

@@ -39,10 +39,11 @@ import os
 import shlex
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -244,7 +245,7 @@ def _train_config(settings: BenchSettings, method: str, concept: str):
             scaled[name] = int(getattr(default, name) * steps / default.steps)
     for name in DATA_FIELDS:
         if hasattr(default, name) and name not in settings.train:
-            scaled[name] = max(1, int(round(getattr(default, name) * scale)))
+            scaled[name] = max(1, round(getattr(default, name) * scale))
     known = {f.name for f in dataclasses.fields(spec.config_cls)}
     extra = {k: v for k, v in settings.train.items() if k in known}
     return EraseConfig.from_dict({**base, **scaled, **extra})
@@ -469,13 +470,13 @@ class Bench:
         lazy = _LazyPipe(model, self.device)
         key = model_key(model)  # the weights' hash: pieces of a since-retrained erasure are remade
         for name, pset in self.sets[concept].items():
-            _piece(folder / f"set-{name}.json", lambda: self.evaluate_set(label, model, concept, pset, lazy), key)
+            _piece(folder / f"set-{name}.json", lambda p=pset: self.evaluate_set(label, model, concept, p, lazy), key)
         if label != BASE:
             _piece(folder / "quality.json", lambda: self.quality(label, concept), key)
         _piece(folder / "attack-discrete.json", lambda: self.discrete_attack(model, concept, folder), key)
         _piece(folder / "efficiency.json", lambda: self.efficiency(label, model, concept, lazy), key)
         for suite_name in self.s.suites:
-            _piece(folder / f"suite-{suite_name}.json", lambda: self.extra_suite(model, suite_name, lazy), key)
+            _piece(folder / f"suite-{suite_name}.json", lambda n=suite_name: self.extra_suite(model, n, lazy), key)
 
     def _overrides(self, model) -> dict:
         """Sampling settings the run imposes on `model`: none on a one-step generator (SFD samples
@@ -650,7 +651,7 @@ class Bench:
     def dimensions(self, label: str, concept: str) -> dict[str, dict]:
         proto = self.protocols[concept]
         folder = self.out / "pieces" / label / slug(concept)
-        read = lambda name: json.loads((folder / f"{name}.json").read_text())  # noqa: E731
+        read = lambda name: json.loads((folder / f"{name}.json").read_text())
         sets = self.sets[concept]
         dims: dict[str, dict] = {}
         dims["faithfulness"] = proto.faithfulness(read("set-target"))

@@ -58,7 +58,7 @@ _PLUGIN_SUITES: dict[str, object] = {}
 def _add_plugin(name: str, obj: object) -> None:
     """An `erasure.suites` entry point: a Suite, a function returning one, or a suite YAML path."""
     if not (isinstance(obj, (Suite, str, Path)) or callable(obj)):
-        raise ValueError(f"entry point '{name}' is neither a Suite, a function returning one nor a YAML path")
+        raise TypeError(f"entry point '{name}' is neither a Suite, a function returning one nor a YAML path")
     _PLUGIN_SUITES[name] = obj
 
 
