@@ -1,6 +1,6 @@
 """The MiniSD erasure table: erase an object with each method, then judge base vs erased per object.
 
-    python benchmarks/erase_minisd.py [--concept circle] [--methods esd-x,esd-u,salun,doco]
+    python benchmarks/erase_minisd.py [--concept circle] [--methods esd-x,esd-u,salun,doco,advunlearn,sfd]
                                       [--images-per-prompt 4] [--reference] [--out runs/erase_minisd]
 
 For each method: train with the CLI's MiniSD defaults (wall time printed, self-generated data
@@ -38,7 +38,7 @@ def evaluate_objects(model, images_per_prompt: int, cache: Path) -> dict[str, di
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--concept", default="circle")
-    p.add_argument("--methods", default="esd-x,esd-u,salun,doco")
+    p.add_argument("--methods", default="esd-x,esd-u,salun,doco,advunlearn,sfd")
     p.add_argument("--images-per-prompt", type=int, default=4)
     p.add_argument("--reference", nargs="?", const="esd-x,esd-u", default="",
                    help="also train these ESD variants with the reference sampling (default list: esd-x,esd-u)")
