@@ -50,6 +50,7 @@ import torch
 from .. import __version__
 from ..errors import UserError
 from ..io_utils import write_json
+from .bench_sets import MiniSDProtocol, SDProtocol
 
 FORMAT = "erasure-bench/1"
 DIMENSIONS = ("faithfulness", "alignment", "pinpoint", "multilingual", "attack", "efficiency")
@@ -136,11 +137,11 @@ def _image_size(model_dir: Path) -> int | None:
         return None
 
 
-def make_protocol(concept: str, settings: BenchSettings):
+def make_protocol(concept: str, settings: BenchSettings) -> MiniSDProtocol | SDProtocol:
     """The protocol that judges `concept` on the bench's model, or a one-line UserError."""
     from ..models import is_minisd, resolve_model
     from ..worlds.mini.world import COLORS, OBJECTS, STYLES, parse_caption
-    from .bench_sets import MiniSDProtocol, SDProtocol, sd_catalog, sd_concept_key
+    from .bench_sets import sd_catalog, sd_concept_key
 
     model = resolve_model(settings.model)
     found = [(k, v) for k, v in parse_caption(concept).items() if v]
@@ -159,7 +160,7 @@ def make_protocol(concept: str, settings: BenchSettings):
     return SDProtocol(concept, settings.clip_model, settings.nudenet_threshold, "cpu" if device == "auto" else device)
 
 
-def check_settings(settings: BenchSettings) -> list:
+def check_settings(settings: BenchSettings) -> list[MiniSDProtocol | SDProtocol]:
     """Every mistake a user can fix, before any work: methods, concepts, model, budget, folder."""
     from ..models import resolve_model
     from ..registry import get_method
