@@ -4,6 +4,7 @@ PyTorch SDPA.
 
     python benchmarks/esd_sd14_gpu.py [--steps 30] [--method esd-x] [--reference]
     python benchmarks/esd_sd14_gpu.py --method advunlearn --steps 6   # issue 6: a few AdvUnlearn iterations
+    python benchmarks/esd_sd14_gpu.py --method sfd --steps 4          # issue 8: a few SFD iterations (batch 8)
 
 For advunlearn the inner attack runs from the first iteration (attack_warmup 0) so every timed
 iteration is a full bi-level step (30 attack steps + the outer step), the paper's defaults.
