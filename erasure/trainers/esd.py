@@ -78,8 +78,8 @@ class ESDConfig(EraseConfig):
                              "trajectory every step (batch_size of them)", default=50)
 
     # unset fields take these on MiniSD, where training prompts are full captions (docs/esd.md:
-    # the lr was measured for esd-x and esd-u; esd-all and esd-x-strict use it untuned)
-    minisd_defaults: ClassVar[dict] = {"steps": 400, "lr": 1e-3, "baseline": "siblings"}
+    # lr 5e-4 measured for esd-x and esd-u with the siblings baseline; esd-all and esd-x-strict use it untuned)
+    minisd_defaults: ClassVar[dict] = {"steps": 400, "lr": 5e-4, "baseline": "siblings"}
 
     def __post_init__(self) -> None:
         super().__post_init__()
