@@ -182,6 +182,23 @@ class Trainer:
         return torch.randn(shape, generator=self.generator).to(self.device)
 
     # ----------------------------------------------------------------- checkpoints
+    @staticmethod
+    def network_state(prefix: str, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+        """A method's second network and its optimizer as checkpoint tensors (for `extra_state`:
+        DoCo's discriminator, SFD's fake score net), keyed "<prefix>.<weight>" / "<prefix>_optim...."."""
+        opt_tensors, _ = optimizer_to_tensors(optimizer)
+        return {**{f"{prefix}.{k}": v for k, v in module.state_dict().items()},
+                **{f"{prefix}_{k}": v for k, v in opt_tensors.items()}}
+
+    @staticmethod
+    def load_network_state(prefix: str, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                           tensors: dict[str, torch.Tensor]) -> None:
+        """The inverse of `network_state` (for `load_extra_state`)."""
+        n = len(prefix) + 1
+        module.load_state_dict({k[n:]: v for k, v in tensors.items() if k.startswith(f"{prefix}.")})
+        opt = {k[n:]: v for k, v in tensors.items() if k.startswith(f"{prefix}_optim.")}
+        optimizer_from_tensors(optimizer, opt, {"param_groups": optimizer.state_dict()["param_groups"]})
+
     def save_checkpoint(self, out_dir: Path) -> None:
         ckpt = out_dir / CHECKPOINT_DIR
         tensors = {f"param.{k}": v for k, v in self.trainable.items()}

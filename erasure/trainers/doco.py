@@ -45,7 +45,6 @@ from torch import nn
 
 from ..config import SelfDataConfig, doc
 from ..errors import UserError
-from ..io_utils import optimizer_from_tensors, optimizer_to_tensors
 from ..registry import register_method
 from ..sampling import predicted_x0
 from .base import Trainer
@@ -182,14 +181,10 @@ class DoCoTrainer(Trainer):
                                                                        "retain": retain_loss.item()}
 
     def extra_state(self) -> dict[str, torch.Tensor]:
-        opt_tensors, _ = optimizer_to_tensors(self.disc_optimizer)
-        return {**{f"disc.{k}": v for k, v in self.discriminator.state_dict().items()},
-                **{f"disc_{k}": v for k, v in opt_tensors.items()}}
+        return self.network_state("disc", self.discriminator, self.disc_optimizer)
 
     def load_extra_state(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.discriminator.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("disc.")})
-        opt = {k[5:]: v for k, v in tensors.items() if k.startswith("disc_optim.")}
-        optimizer_from_tensors(self.disc_optimizer, opt, {"param_groups": self.disc_optimizer.state_dict()["param_groups"]})
+        self.load_network_state("disc", self.discriminator, self.disc_optimizer, tensors)
 
 
 register_method("doco", DoCoConfig, DoCoTrainer)

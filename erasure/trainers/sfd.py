@@ -90,7 +90,7 @@ from ..concepts import _read_prompt_file, mini_world_captions
 from ..config import EraseConfig, doc
 from ..errors import UserError
 from ..io import hash_tensors
-from ..io_utils import cache_home, load_tensors, optimizer_from_tensors, optimizer_to_tensors, save_tensors
+from ..io_utils import cache_home, load_tensors, save_tensors
 from ..registry import register_method
 from ..sampling import add_noise, predicted_x0
 from ..sampling import cfg as guided
@@ -391,14 +391,10 @@ class SFDTrainer(Trainer):
 
     # ------------------------------------------------------------------ checkpoints and the product
     def extra_state(self) -> dict[str, torch.Tensor]:
-        opt_tensors, _ = optimizer_to_tensors(self.fake_optimizer)
-        return {**{f"fake.{k}": v for k, v in self.fake.state_dict().items()},
-                **{f"fake_{k}": v for k, v in opt_tensors.items()}}
+        return self.network_state("fake", self.fake, self.fake_optimizer)
 
     def load_extra_state(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.fake.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("fake.")})
-        opt = {k[5:]: v for k, v in tensors.items() if k.startswith("fake_optim.")}
-        optimizer_from_tensors(self.fake_optimizer, opt, {"param_groups": self.fake_optimizer.state_dict()["param_groups"]})
+        self.load_network_state("fake", self.fake, self.fake_optimizer, tensors)
 
     def manifest_extra(self) -> dict:
         """How the product samples (read by ErasedPipeline and the CLI), and stage one's cache file."""
