@@ -17,14 +17,19 @@ def _positive(name: str, value: int) -> int:
     return value
 
 
-def _sampling(args, model) -> dict:
-    from .models import model_sampling
-    sampling = model_sampling(model)  # a one-step erasure (SFD): 1 step, guidance 1
+def _sampling_flags(args) -> dict:
+    """What --steps / --guidance ask for (nothing when unset)."""
+    sampling = {}
     if args.steps is not None:
         sampling["num_inference_steps"] = _positive("steps", args.steps)
     if args.guidance is not None:
         sampling["guidance_scale"] = args.guidance
     return sampling
+
+
+def _sampling(args, model) -> dict:
+    from .models import model_sampling
+    return {**model_sampling(model), **_sampling_flags(args)}  # a one-step erasure (SFD): 1 step, guidance 1
 
 
 def cmd_generate(args) -> int:
@@ -97,11 +102,7 @@ def cmd_eval(args) -> int:
                 "clip_score": {"model": args.clip_model} if args.clip_model else {},
                 "fid": {k: v for k, v in (("reference", args.reference), ("inception_weights", args.inception_weights)) if v},
                 "kid": {k: v for k, v in (("reference", args.reference), ("inception_weights", args.inception_weights)) if v}}
-    sampling = {}
-    if args.steps is not None:
-        sampling["num_inference_steps"] = _positive("steps", args.steps)
-    if args.guidance is not None:
-        sampling["guidance_scale"] = args.guidance
+    sampling = _sampling_flags(args)  # under each model's own (evaluate() reads model_sampling)
     device = None if args.device == "auto" else args.device
     cache = _cache_root(args)
     models, labels = [args.model], ["model"]
@@ -346,11 +347,7 @@ def cmd_bench(args) -> int:
     split = lambda text: [x.strip() for x in (text or "").split(",") if x.strip()]  # noqa: E731
     budget = QUICK if args.quick else FULL
     budget = dataclasses.replace(budget, **_key_values("--budget", args.budget, dataclasses.asdict(budget)))
-    sampling = {}
-    if args.steps is not None:
-        sampling["num_inference_steps"] = _positive("steps", args.steps)
-    if args.guidance is not None:
-        sampling["guidance_scale"] = args.guidance
+    sampling = _sampling_flags(args)
     settings = BenchSettings(methods=split(args.methods), concepts=split(args.concepts), out=Path(args.out),
                              model=args.model, quick=args.quick, seed=args.seed, device=args.device, budget=budget,
                              train=_key_values("--train", args.train), sampling=sampling,
