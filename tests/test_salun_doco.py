@@ -71,6 +71,12 @@ def test_a_concept_without_default_anchor_asks_for_one(method, tiny_sd_dir):
         trainer_for(make_config(method, tiny_sd_dir, anchor=""))
 
 
+@pytest.mark.parametrize("method", ["salun", "doco"])
+def test_an_anchor_equal_to_the_concept_is_refused(method, tiny_sd_dir):
+    with pytest.raises(UserError, match="--anchor: the anchor .* is the concept itself"):
+        trainer_for(make_config(method, tiny_sd_dir, anchor=" Circle "))
+
+
 def test_nudity_gets_salun_paper_nudity_defaults():
     config = EraseConfig.from_dict({"method": "salun", "concept": "nudity", "base_model": "/some/sd"})
     assert (config.alpha, config.steps) == (0.1, 100)

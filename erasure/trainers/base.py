@@ -130,8 +130,12 @@ class Trainer:
         return concept_prompts(concept, self.config.concept_prompts, self.is_minisd, seed=self.config.seed)
 
     def anchor_of(self, concept: str) -> str:
-        """--anchor, else the concept's default anchor (erasure/concepts.py)."""
-        return self.config.anchor.strip() or default_anchor(concept, self.is_minisd)
+        """--anchor, else the concept's default anchor (erasure/concepts.py); never the concept itself."""
+        anchor = self.config.anchor.strip() or default_anchor(concept, self.is_minisd)
+        if anchor.lower() == concept.strip().lower():
+            raise UserError(f"--anchor: the anchor (SFD: the override '{anchor}') is the concept itself; name a "
+                            "different concept for it to become, e.g. --anchor 'a person wearing clothes'")
+        return anchor
 
     def anchored_prompts(self, concept: str) -> tuple[list[str], list[str]]:
         """Forget prompts and, row for row, the anchor prompt each one should turn into. On
@@ -166,12 +170,13 @@ class Trainer:
         x_t, t, noise = self.noised(x0)
         return F.mse_loss(self.unet(x_t, t, encoder_hidden_states=cond[prompt_ids]).sample.float(), noise)
 
-    def noised(self, x0: torch.Tensor, generator: torch.Generator | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x_t, t, noise) with t uniform over the training schedule: the standard denoising draw
-        (from the run's generator unless another is given)."""
+    def noised(self, x0: torch.Tensor, generator: torch.Generator | None = None,
+               t_range: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x_t, t, noise) with t uniform over the training schedule, or over [lo, hi) = t_range
+        (SFD): the standard denoising draw (from the run's generator unless another is given)."""
         g = generator or self.generator
-        t = torch.randint(0, len(self.alphas_cumprod), (len(x0),), generator=g).to(self.device)
+        lo, hi = t_range or (0, len(self.alphas_cumprod))
+        t = torch.randint(lo, hi, (len(x0),), generator=g).to(self.device)
         noise = torch.randn(x0.shape, generator=g).to(self.device)
         return add_noise(x0, noise, self.alphas_cumprod, t), t, noise
 

@@ -92,7 +92,7 @@ from ..errors import UserError
 from ..io import hash_tensors
 from ..io_utils import cache_home, load_tensors, save_tensors
 from ..registry import register_method
-from ..sampling import add_noise, predicted_x0
+from ..sampling import predicted_x0
 from ..sampling import cfg as guided
 from .base import Trainer, TrainingDiverged
 
@@ -221,9 +221,7 @@ class SFDTrainer(Trainer):
 
     def forget_pairs(self, concept: str) -> tuple[list[str], list[str]]:
         """(forget prompts c_f, override prompts c_a), row for row."""
-        anchor = self.anchor_of(concept)
-        if anchor.strip().lower() == concept.strip().lower():
-            raise UserError(f"the override (--anchor '{anchor}') is the concept itself; name a different, safe concept")
+        anchor = self.anchor_of(concept)  # refuses an override equal to the concept
         forget, override = self.anchored_prompts(concept)
         if not (self.is_minisd and self.config.concept_prompts == "auto"):
             words = re.compile(re.escape(concept.strip()), re.IGNORECASE)
@@ -255,20 +253,13 @@ class SFDTrainer(Trainer):
         idx = self.randint(len(self.forget), (self.config.batch_size,)).tolist()
         return [self.forget[i] for i in idx], [self.override[i] for i in idx]
 
-    def renoise(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x_t, t, noise) with t uniform in [t_min, t_max)."""
-        cfg: SFDConfig = self.config
-        t = torch.randint(cfg.t_min, cfg.t_max, (len(x0),), generator=self.generator).to(self.device)
-        noise = self.randn(*x0.shape)
-        return add_noise(x0, noise, self.alphas_cumprod, t), t, noise
-
     # ------------------------------------------------------------------ 1. fake score net
     def fake_denoising_loss(self, prompts: list[str]) -> torch.Tensor:
         """L_fake on the generator's (detached) samples of `prompts`."""
         cfg: SFDConfig = self.config
         with torch.no_grad():
             x_g = self.generate(self.embed(prompts), self.randn(len(prompts), *self.latent_shape))
-        x_t, t, noise = self.renoise(x_g)
+        x_t, t, noise = self.noised(x_g, t_range=(cfg.t_min, cfg.t_max))
         if cfg.fake_guidance != 1 and cfg.fake_dropout > 0:  # train the unconditional branch too
             dropped = (torch.rand(len(prompts), generator=self.generator) < cfg.fake_dropout).tolist()
             prompts = ["" if d else p for p, d in zip(prompts, dropped)]
@@ -300,7 +291,7 @@ class SFDTrainer(Trainer):
         """L_SiD for x_g = G(z, c_gen), y_real = teacher(x_t, c_real), y_fake = fake(x_t, c_fake)."""
         cfg: SFDConfig = self.config
         x_g = self.generate(c_gen, self.randn(len(c_gen), *self.latent_shape))
-        x_t, t, _ = self.renoise(x_g)
+        x_t, t, _ = self.noised(x_g, t_range=(cfg.t_min, cfg.t_max))
         y_real = predicted_x0(x_t, self.noise_prediction(self.teacher, x_t, t, c_real, cfg.guidance), self.alphas_cumprod, t)
         y_fake = predicted_x0(x_t, self.noise_prediction(self.fake, x_t, t, c_fake, cfg.fake_guidance),
                               self.alphas_cumprod, t)
