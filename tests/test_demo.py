@@ -9,6 +9,7 @@ train a real ESD-x erasure of circle on MiniSD).
 The slow tests train their ESD-x circle erasure (about 2 minutes); ERASURE_DEMO_CIRCLE=FOLDER
 reuses an existing one instead.
 """
+import contextlib
 import json
 import os
 import shutil
@@ -58,13 +59,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(erasures):
-    """The app served on a free local port (what `erasure demo` runs)."""
+@contextlib.contextmanager
+def served(erasures):
+    """The app served on a free local port (what `erasure demo` runs); yields its URL."""
     port = free_port()
     app = launch("minisd", erasures, port=port, block=False)
-    yield f"http://127.0.0.1:{port}"
-    app.close()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        app.close()
+
+
+@pytest.fixture(scope="module")
+def server(erasures):
+    with served(erasures) as url:
+        yield url
 
 
 # ----------------------------------------------------------------------------- the training hook
@@ -333,10 +342,8 @@ def browser():
 
 @pytest.fixture(scope="session")
 def circle_server(circle_erasures):
-    port = free_port()
-    app = launch("minisd", circle_erasures, port=port, block=False)
-    yield f"http://127.0.0.1:{port}"
-    app.close()
+    with served(circle_erasures) as url:
+        yield url
 
 
 def open_page(browser, url, hosts=None):
