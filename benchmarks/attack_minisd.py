@@ -22,7 +22,7 @@ def main() -> None:
     p.add_argument("--erasures", type=Path, default=Path("runs/erase_minisd"))
     p.add_argument("--concept", default="circle")
     p.add_argument("--methods", default="esd-x,esd-u,salun,doco,advunlearn")
-    p.add_argument("--budget", type=float, default=1.0, help="fraction of the attack's 40 iterations per prompt")
+    p.add_argument("--budget", type=float, default=1.0, help="fraction of the attack's 50 judged timesteps per prompt")
     p.add_argument("--limit", type=int, default=None, help="only the first N target prompts")
     p.add_argument("--out", type=Path, default=Path("runs/attack_minisd"))
     args = p.parse_args()
@@ -47,7 +47,7 @@ def main() -> None:
         models[method] = str(out)
 
     rows = load_suite("mini-objects").rows()
-    attack = DiscreteAttackConfig(iterations=max(1, round(40 * args.budget)))
+    attack = DiscreteAttackConfig(timesteps=max(1, round(50 * args.budget)))
     args.out.mkdir(parents=True, exist_ok=True)
     table = {}
     for name, model in models.items():
@@ -56,8 +56,8 @@ def main() -> None:
         table[name] = {**report["summary"], "seconds": time.perf_counter() - t}
     (args.out / "summary.json").write_text(json.dumps(table, indent=2))
     n_prompts = next(iter(table.values()))["n_prompts"]
-    print(f"\nDiscrete attack on '{args.concept}' ({n_prompts} prompts, {attack.n_tokens} tokens, {attack.iterations} "
-          "iterations, judged by the MiniSD classifier)\n")
+    print(f"\nDiscrete attack on '{args.concept}' ({n_prompts} prompts, {attack.n_tokens} tokens, {attack.timesteps} "
+          f"timesteps x {attack.iterations} steps, judged by the MiniSD classifier)\n")
     print("| model | pre-ASR | ASR | attack time (s) |\n|---|---|---|---|")
     for name, s in table.items():
         print(f"| {name} | {s['pre_asr']:.3f} | {s['asr']:.3f} | {s['seconds']:.0f} |")

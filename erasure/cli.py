@@ -120,7 +120,7 @@ def cmd_eval(args) -> int:
     if with_asr:
         from .attacks.asr import run_attack
         from .attacks.discrete import DiscreteAttackConfig
-        attack = DiscreteAttackConfig(iterations=max(1, int(round(40 * args.attack_budget))))
+        attack = DiscreteAttackConfig(timesteps=int(round(DiscreteAttackConfig.timesteps * args.attack_budget)))
         rows = suite.rows(args.limit)
         for m, (res, _, _) in zip(models, runs):
             asr_json = Path(args.out) / f"asr-{'model' if m == args.model else 'base'}.json" if args.out else None
@@ -304,9 +304,9 @@ def cmd_attack(args) -> int:
     rows = load_suite(args.suite).rows() if args.suite else read_rows(args.prompts, "object")
     if args.limit is not None:
         _positive("limit", args.limit)
-    iterations = int(round(args.iterations * args.budget))
-    attack = DiscreteAttackConfig(n_tokens=_positive("n-tokens", args.n_tokens), iterations=iterations, lr=args.lr,
-                                  check_every=_positive("check-every", args.check_every), seed=args.seed)
+    attack = DiscreteAttackConfig(n_tokens=_positive("n-tokens", args.n_tokens),
+                                  timesteps=int(round(args.timesteps * args.budget)), iterations=args.iterations,
+                                  lr=args.lr, seed=args.seed)
     device = None if args.device == "auto" else args.device
     report = run_attack(args.model, concept, rows, args.json, attack, seed=args.seed, device=device, limit=args.limit)
     s = report["summary"]
@@ -388,8 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, default=None, help="only the first N prompts (a quick subset)")
     e.add_argument("--concept", default=None, help="the erased concept for erasure_rate/retention (default: from the "
                    "erasure's manifest)")
-    e.add_argument("--attack-budget", type=float, default=1.0, help="metric asr: fraction of UnlearnDiffAtk's 40 "
-                   "iterations per prompt (0.25 = a cheaper run)")
+    e.add_argument("--attack-budget", type=float, default=1.0, help="metric asr: fraction of UnlearnDiffAtk's 50 "
+                   "judged timesteps per prompt (0.2 = 10 of them: a cheaper run)")
     e.add_argument("--compare", default=None, help="also evaluate this base model and report both")
     e.add_argument("--json", default=None, help="write every number and its protocol here")
     e.add_argument("--out", default=None, help="folder for report.html, results.json and the image cache")
@@ -429,11 +429,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "the target prompts; seed/guidance columns are used)")
     a.add_argument("--json", required=True, help="results (every prompt's adversarial text); a rerun resumes")
     a.add_argument("--limit", type=int, default=None, help="only the first N target prompts")
-    a.add_argument("--iterations", type=int, default=40, help="attack iterations per prompt (UnlearnDiffAtk: 40)")
-    a.add_argument("--budget", type=float, default=1.0, help="scale the iterations (0.25 = a quarter: a cheaper run)")
+    a.add_argument("--timesteps", type=int, default=50, help="evenly spaced timesteps, an image judged after each "
+                   "(UnlearnDiffAtk: 50)")
+    a.add_argument("--iterations", type=int, default=40, help="attack steps at each timestep (UnlearnDiffAtk: 40)")
+    a.add_argument("--budget", type=float, default=1.0, help="scale the timesteps (0.2 = 10 of 50: a cheaper run)")
     a.add_argument("--n-tokens", type=int, default=5, help="adversarial prefix tokens (UnlearnDiffAtk: 5)")
     a.add_argument("--lr", type=float, default=0.01, help="Adam step on the token distributions (UnlearnDiffAtk: 0.01)")
-    a.add_argument("--check-every", type=int, default=1, help="generate and judge every N iterations")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--device", default="auto")
     a.set_defaults(func=cmd_attack)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from erasure.attacks.asr import asr_summary, run_attack, target_rows
-from erasure.attacks.discrete import DiscreteAttackConfig, discrete_attack, project_to_simplex
+from erasure.attacks.discrete import DiscreteAttackConfig, attack_timesteps, discrete_attack, project_to_simplex
 from erasure.attacks.judges import concept_judge
 from erasure.attacks.soft import soft_prompt_attack
 from erasure.cli import run
@@ -44,20 +44,36 @@ def test_simplex_projection():
     assert torch.allclose(project_to_simplex(already), already, atol=1e-6)
 
 
+def test_attack_timesteps_follow_unlearndiffatk():
+    assert attack_timesteps(50) == list(range(10, 1000, 20))  # 10, 30, ..., 990
+    assert attack_timesteps(5) == [100, 300, 500, 700, 900]
+
+
 def test_discrete_attack_stays_on_the_simplex_and_decodes_to_real_tokens(tiny_pipe):
     target = torch.randn(1, 4, 16, 16)
     seen = []
     out = discrete_attack(tiny_pipe, "a red circle", target, lambda adv: seen.append(adv) or False,
-                          DiscreteAttackConfig(n_tokens=3, iterations=4, lr=0.5))
-    assert not out["success"] and out["iterations"] == 4 and len(seen) == 4  # judged after every iteration
+                          DiscreteAttackConfig(n_tokens=3, timesteps=4, iterations=3, lr=0.5))
+    assert not out["success"] and out["checks"] == 4 and out["iterations"] == 12
+    assert 1 <= len(seen) <= 4 and len(set(seen)) == len(seen)  # a text is judged once, however often it recurs
     probs = out["probs"]
     assert (probs >= 0).all() and torch.allclose(probs.sum(-1), torch.ones(3))
-    vocab = tiny_pipe.tokenizer.get_vocab()
-    assert all(0 <= i < len(vocab) for i in out["token_ids"])
+    assert (probs.max(-1).values > 1.0 / probs.shape[-1]).all()  # it moved away from the uniform start
+    special = set(tiny_pipe.tokenizer.all_special_ids)
+    assert all(0 <= i < len(tiny_pipe.tokenizer) and i not in special for i in out["token_ids"])
     prefix = out["adversarial_prompt"][: -len("a red circle")].strip()
     assert prefix and out["adversarial_prompt"].endswith("a red circle")
     # the text is what gets replayed: it is the decoding of the chosen vocabulary tokens
     assert tiny_pipe.tokenizer.decode(out["token_ids"], skip_special_tokens=True).strip() == prefix
+
+
+def test_discrete_attack_stops_at_the_first_judged_success(tiny_pipe):
+    target = torch.randn(1, 4, 16, 16)
+    calls = []
+    out = discrete_attack(tiny_pipe, "a red circle", target, lambda adv: calls.append(adv) or True,
+                          DiscreteAttackConfig(n_tokens=2, timesteps=6, iterations=2, lr=0.5))
+    assert out["success"] and calls == [out["adversarial_prompt"]]
+    assert out["checks"] == 1 and out["iterations"] == 2 and out["timestep"] == attack_timesteps(6)[0]
 
 
 def test_asr_arithmetic_on_a_hand_made_result_set():
@@ -90,7 +106,7 @@ def test_asr_on_minisd_is_judged_by_the_classifier_and_replayable(tmp_path):
     """Base MiniSD draws circles for circle prompts: every prompt is a no-attack success,
     judged by the MiniSD classifier; the JSON records it."""
     rows = [Row("a red circle", expected={"object": "circle"}), Row("a blue disk", expected={"object": "circle"})]
-    report = run_attack("minisd", "circle", rows, tmp_path / "asr.json", DiscreteAttackConfig(iterations=2))
+    report = run_attack("minisd", "circle", rows, tmp_path / "asr.json", DiscreteAttackConfig(timesteps=2, iterations=2))
     assert report["summary"]["pre_asr"] == 1.0 and report["summary"]["asr"] == 1.0
     saved = json.loads((tmp_path / "asr.json").read_text())
     assert saved["protocol"]["judge"] == "MiniSD judge: object == circle"

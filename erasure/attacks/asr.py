@@ -63,8 +63,8 @@ def run_attack(model: str | Path, concept: str, rows: list[Row], json_out: str |
     own judge (judges.py), e.g. a CLIP zero-shot judge for a style on Stable Diffusion."""
     from ..models import base_of, default_sampling, is_one_step, load_pipeline, model_sampling
 
-    if attack.iterations < 1:
-        raise UserError("the attack budget is 0 iterations; give --iterations (or --budget) >= 1")
+    if attack.iterations < 1 or attack.timesteps < 1:
+        raise UserError("the attack budget is 0 (timesteps x iterations); give --budget > 0 and --iterations >= 1")
     judge, judge_desc = judge or concept_judge(concept, threshold)
     chosen = target_rows(rows, concept)[:limit]
     sampling = {**model_sampling(model), **(sampling or {})}
@@ -106,13 +106,14 @@ def run_attack(model: str | Path, concept: str, rows: list[Row], json_out: str |
             continue
         pre = judge(draw(pipe, row.prompt, s, g).float().cpu())[0]
         entry = {"prompt": row.prompt, "seed": s, "guidance": g, "pre_success": pre, "success": pre,
-                 "adversarial_prompt": None, "iterations": 0}
+                 "adversarial_prompt": None, "iterations": 0, "checks": 0}
         if not pre:
             target = draw(base, row.prompt, s, g, output_type="latent").to(dev).float()
             out = discrete_attack(pipe, row.prompt, target,
                                   lambda adv: judge(draw(pipe, adv, s, g).float().cpu())[0], attack)
             entry.update(success=out["success"], adversarial_prompt=out["adversarial_prompt"],
-                         iterations=out["iterations"], final_loss=out["loss"], token_ids=out["token_ids"])
+                         iterations=out["iterations"], checks=out["checks"], timestep=out["timestep"],
+                         final_loss=out["loss"], token_ids=out["token_ids"])
         results.append(entry)
         if json_out:
             write_json(json_out, {"settings": settings, "summary": asr_summary(results), "per_prompt": results})

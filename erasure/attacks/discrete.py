@@ -1,21 +1,34 @@
 """The discrete prompt attack in the UnlearnDiffAtk form (Zhang et al., ECCV 2024).
 
-k prefix tokens are optimised as probability vectors over the vocabulary. Each iteration:
+k prefix tokens are optimised as probability vectors over the vocabulary, starting uniform.
+The attack walks `timesteps` evenly spaced diffusion timesteps from the least to the most noisy
+(UnlearnDiffAtk: 50 of 1000, t = 10, 30, ..., 990); at each one it takes `iterations` steps
+(UnlearnDiffAtk: 40), then judges:
 
-  1. straight-through one-hot: the forward pass uses the one-hot of each vector's argmax, the
-     backward pass the vector itself (onehot + p - sg(p));
+  1. straight-through one-hot: the forward pass uses the one-hot of a token *sampled* from each
+     vector, the backward pass hands the gradient (clipped to [-1, 1]) to the vector itself;
   2. loss = MSE(eps_theta(x_t, t, E(adv + prompt)), eps): the attacked (erased) model denoising
-     the *original* model's image of the prompt, noised at a random one of the 50 DDIM
-     timesteps (the erased model used as its own diffusion classifier; no original UNet needed);
-  3. an Adam step (lr 0.01) and a projection of every vector back onto the probability simplex;
-  4. every `check_every` iterations the argmax tokens are decoded to text, the erased model
-     generates the adversarial prompt with the prompt's seed, and the judge decides; the
-     attack stops at the first success.
+     the *original* model's image of the prompt noised at this t with fresh noise (the erased
+     model used as its own diffusion classifier; no original UNet is needed);
+  3. an Adam step (lr 0.01, weight decay 0.1) and the exact Euclidean projection of every vector
+     back onto the probability simplex;
+  4. after the block of iterations at one timestep, the argmax tokens are decoded to text, the
+     erased model generates that adversarial prompt with the prompt's seed, the judge decides,
+     and the attack stops at the first success.
 
-Defaults: k = 5 tokens, 40 iterations, lr 0.01, a check after every iteration. `budget`
-scales the iterations for a cheaper run. Where we differ: the reference initialises the
-prefix from random tokens; we do too, from the attack's seed, and we record the text of the
-found prompt so that a success can be replayed by anyone with `erasure generate`.
+So a full attack is up to 50 x 40 = 2000 gradient steps and 50 judged images per prompt.
+`timesteps` is the budget knob for a cheaper run (fewer, still evenly spread, checks).
+
+Where we differ, deliberately:
+  * the start/end/padding tokens are left out of the optimised vocabulary, so the judged text
+    is exactly the optimised tokens (the reference can pick them and then decodes them away);
+  * a text already judged (the argmax did not move since the last check) is not generated
+    again: same text, same seed, same image, so the outcome is known;
+  * every random draw (token samples, noise) comes from the attack's own seeded generator, so a
+    run can be repeated.
+Session 2-3 versions of this file started from a random one-hot and took the argmax in the
+forward pass; with lr 0.01 the argmax then never moved, so the "attack" judged its random
+initial prefix 40 times. The structure above is the reference's.
 """
 from __future__ import annotations
 
@@ -30,12 +43,18 @@ from .text import encode_with_prefix
 
 @dataclass
 class DiscreteAttackConfig:
-    n_tokens: int = 5
-    iterations: int = 40
+    n_tokens: int = 5          # k prefix tokens (UnlearnDiffAtk: 5 for nudity, 3 for objects)
+    timesteps: int = 50        # evenly spaced timesteps, one judged image after each (UnlearnDiffAtk: 50)
+    iterations: int = 40       # Adam steps at each timestep (UnlearnDiffAtk: 40)
     lr: float = 0.01
-    check_every: int = 1
-    ddim_steps: int = 50
+    weight_decay: float = 0.1
     seed: int = 0
+
+
+def attack_timesteps(n: int, num_train_timesteps: int = 1000) -> list[int]:
+    """n evenly spaced timesteps, centred in their bins, ascending (n=50 of 1000: 10, 30, ..., 990)."""
+    step = num_train_timesteps / n
+    return [int(step * i + step / 2) for i in range(n)]
 
 
 def project_to_simplex(v: torch.Tensor) -> torch.Tensor:
@@ -50,8 +69,10 @@ def project_to_simplex(v: torch.Tensor) -> torch.Tensor:
     return (v - theta).clamp_min(0)
 
 
-def straight_through(probs: torch.Tensor) -> torch.Tensor:
-    hard = F.one_hot(probs.argmax(-1), probs.shape[-1]).to(probs.dtype)
+def sampled_one_hot(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Forward: one-hot of a token drawn from each row; backward: the gradient goes to `probs`."""
+    drawn = torch.multinomial(probs.detach().cpu(), 1, generator=generator).squeeze(-1).to(probs.device)
+    hard = F.one_hot(drawn, probs.shape[-1]).to(probs.dtype)
     return hard + probs - probs.detach()
 
 
@@ -61,40 +82,41 @@ def decode_prefix(tokenizer, token_ids: list[int]) -> str:
 
 def discrete_attack(pipe, prompt: str, target_latent: torch.Tensor, check, cfg: DiscreteAttackConfig) -> dict:
     """Attack one prompt. `check(adversarial_prompt) -> bool` generates and judges.
-    Returns {"success", "iterations", "adversarial_prompt", "loss"}."""
+    Returns {"success", "checks", "iterations", "timestep", "adversarial_prompt", "loss", "token_ids", "probs"}."""
     unet, text_encoder, tokenizer = pipe.unet, pipe.text_encoder, pipe.tokenizer
     device = target_latent.device
-    table = text_encoder.get_input_embeddings().weight.detach()  # (V, D)
-    vocab = table.shape[0]
-    g = torch.Generator().manual_seed(cfg.seed)
-    start = torch.randint(0, vocab, (cfg.n_tokens,), generator=g)
-    probs = F.one_hot(start, vocab).float().to(device).requires_grad_(True)
-    opt = torch.optim.Adam([probs], lr=cfg.lr)
-    from diffusers import DDIMScheduler
-    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    scheduler.set_timesteps(cfg.ddim_steps, device=device)
-    alphas = pipe.scheduler.alphas_cumprod.to(device)
     special = set(tokenizer.all_special_ids)
+    full_table = text_encoder.get_input_embeddings().weight.detach()
+    allowed = torch.tensor([i for i in range(full_table.shape[0]) if i not in special])
+    table = full_table[allowed.to(full_table.device)].float()  # (V', D)
+    g = torch.Generator().manual_seed(cfg.seed)
+    probs = torch.full((cfg.n_tokens, len(allowed)), 1.0 / len(allowed), device=device, requires_grad=True)
+    opt = torch.optim.Adam([probs], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    alphas = pipe.scheduler.alphas_cumprod.to(device)
+    n_train = int(pipe.scheduler.config.num_train_timesteps)
+    judged: dict[str, bool] = {}
     loss_value = float("nan")
-    adversarial = prompt
-    for it in range(1, cfg.iterations + 1):
-        opt.zero_grad(set_to_none=True)
-        prefix = straight_through(probs) @ table.to(probs.dtype)
-        cond = encode_with_prefix(tokenizer, text_encoder, [prompt], prefix)
-        t = scheduler.timesteps[torch.randint(0, cfg.ddim_steps, (1,), generator=g)].to(device)
-        noise = torch.randn(target_latent.shape, generator=g).to(device)
-        x_t = add_noise(target_latent, noise, alphas, t)
-        loss = F.mse_loss(unet(x_t, t, encoder_hidden_states=cond).sample.float(), noise)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            probs.copy_(project_to_simplex(probs))
-        loss_value = loss.item()
-        if it % cfg.check_every == 0 or it == cfg.iterations:
-            ids = [i for i in probs.argmax(-1).tolist() if i not in special]
-            adversarial = f"{decode_prefix(tokenizer, ids)} {prompt}".strip()
-            if check(adversarial):
-                return {"success": True, "iterations": it, "adversarial_prompt": adversarial, "loss": loss_value,
-                        "token_ids": probs.argmax(-1).tolist(), "probs": probs.detach()}
-    return {"success": False, "iterations": cfg.iterations, "adversarial_prompt": adversarial, "loss": loss_value,
-            "token_ids": probs.argmax(-1).tolist(), "probs": probs.detach()}
+    adversarial, token_ids, checks, t_value = prompt, [], 0, None
+    for checks, t_value in enumerate(attack_timesteps(cfg.timesteps, n_train), start=1):
+        t = torch.tensor([t_value], device=device)
+        for _ in range(cfg.iterations):
+            opt.zero_grad(set_to_none=True)
+            cond = encode_with_prefix(tokenizer, text_encoder, [prompt], sampled_one_hot(probs, g) @ table)
+            noise = torch.randn(target_latent.shape, generator=g).to(device)
+            x_t = add_noise(target_latent, noise, alphas, t)
+            loss = F.mse_loss(unet(x_t, t, encoder_hidden_states=cond).sample.float(), noise)
+            loss.backward()
+            probs.grad.clamp_(-1, 1)  # the reference's straight-through backward is a hardtanh
+            opt.step()
+            with torch.no_grad():
+                probs.copy_(project_to_simplex(probs))
+            loss_value = loss.item()
+        token_ids = allowed[probs.detach().argmax(-1).cpu()].tolist()
+        adversarial = f"{decode_prefix(tokenizer, token_ids)} {prompt}".strip()
+        if adversarial not in judged:
+            judged[adversarial] = bool(check(adversarial))
+        if judged[adversarial]:
+            break
+    return {"success": judged.get(adversarial, False), "checks": checks, "iterations": checks * cfg.iterations,
+            "timestep": t_value, "adversarial_prompt": adversarial, "loss": loss_value, "token_ids": token_ids,
+            "images_judged": len(judged), "probs": probs.detach()}
