@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from ..sampling import add_noise
 from .text import encode_with_prefix
@@ -97,7 +98,8 @@ def discrete_attack(pipe, prompt: str, target_latent: torch.Tensor, check, cfg: 
     judged: dict[str, bool] = {}
     loss_value = float("nan")
     adversarial, token_ids, checks, t_value = prompt, [], 0, None
-    for checks, t_value in enumerate(attack_timesteps(cfg.timesteps, n_train), start=1):
+    bar = tqdm(attack_timesteps(cfg.timesteps, n_train), desc="  timesteps", leave=False, dynamic_ncols=True)
+    for checks, t_value in enumerate(bar, start=1):
         t = torch.tensor([t_value], device=device)
         for _ in range(cfg.iterations):
             opt.zero_grad(set_to_none=True)
@@ -111,12 +113,14 @@ def discrete_attack(pipe, prompt: str, target_latent: torch.Tensor, check, cfg: 
             with torch.no_grad():
                 probs.copy_(project_to_simplex(probs))
             loss_value = loss.item()
+        bar.set_postfix(t=t_value, loss=f"{loss_value:.4f}")
         token_ids = allowed[probs.detach().argmax(-1).cpu()].tolist()
         adversarial = f"{decode_prefix(tokenizer, token_ids)} {prompt}".strip()
         if adversarial not in judged:
             judged[adversarial] = bool(check(adversarial))
         if judged[adversarial]:
             break
+    bar.close()
     return {"success": judged.get(adversarial, False), "checks": checks, "iterations": checks * cfg.iterations,
             "timestep": t_value, "adversarial_prompt": adversarial, "loss": loss_value, "token_ids": token_ids,
             "images_judged": len(judged), "probs": probs.detach()}
