@@ -47,7 +47,7 @@ def main() -> None:
         models[method] = str(out)
 
     rows = load_suite("mini-objects").rows()
-    attack = DiscreteAttackConfig(timesteps=max(1, round(50 * args.budget)))
+    attack = DiscreteAttackConfig.budgeted(args.budget)
     args.out.mkdir(parents=True, exist_ok=True)
     table = {}
     for name, model in models.items():

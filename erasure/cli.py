@@ -120,7 +120,7 @@ def cmd_eval(args) -> int:
     if with_asr:
         from .attacks.asr import run_attack
         from .attacks.discrete import DiscreteAttackConfig
-        attack = DiscreteAttackConfig(timesteps=int(round(DiscreteAttackConfig.timesteps * args.attack_budget)))
+        attack = DiscreteAttackConfig.budgeted(args.attack_budget)
         rows = suite.rows(args.limit)
         for m, (res, _, _) in zip(models, runs):
             asr_json = Path(args.out) / f"asr-{'model' if m == args.model else 'base'}.json" if args.out else None
@@ -304,9 +304,9 @@ def cmd_attack(args) -> int:
     rows = load_suite(args.suite).rows() if args.suite else read_rows(args.prompts, "object")
     if args.limit is not None:
         _positive("limit", args.limit)
-    attack = DiscreteAttackConfig(n_tokens=_positive("n-tokens", args.n_tokens),
-                                  timesteps=int(round(args.timesteps * args.budget)), iterations=args.iterations,
-                                  lr=args.lr, seed=args.seed)
+    attack = DiscreteAttackConfig.budgeted(args.budget, n_tokens=_positive("n-tokens", args.n_tokens),
+                                           timesteps=args.timesteps, iterations=args.iterations, lr=args.lr,
+                                           seed=args.seed)
     device = None if args.device == "auto" else args.device
     report = run_attack(args.model, concept, rows, args.json, attack, seed=args.seed, device=device, limit=args.limit)
     s = report["summary"]

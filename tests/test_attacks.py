@@ -47,6 +47,10 @@ def test_simplex_projection():
 def test_attack_timesteps_follow_unlearndiffatk():
     assert attack_timesteps(50) == list(range(10, 1000, 20))  # 10, 30, ..., 990
     assert attack_timesteps(5) == [100, 300, 500, 700, 900]
+    # the budget scales the judged timesteps, and only them
+    cheap = DiscreteAttackConfig.budgeted(0.2, iterations=7)
+    assert (cheap.timesteps, cheap.iterations) == (10, 7)
+    assert DiscreteAttackConfig.budgeted(0.5, timesteps=10).timesteps == 5
 
 
 def test_discrete_attack_stays_on_the_simplex_and_decodes_to_real_tokens(tiny_pipe):

@@ -32,7 +32,7 @@ initial prefix 40 times. The structure above is the reference's.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +50,13 @@ class DiscreteAttackConfig:
     lr: float = 0.01
     weight_decay: float = 0.1
     seed: int = 0
+
+    @classmethod
+    def budgeted(cls, budget: float = 1.0, **fields) -> DiscreteAttackConfig:
+        """The config with its judged timesteps scaled by `budget` (0.2: 10 of 50, a cheaper run;
+        a budget that rounds to 0 timesteps is refused by run_attack)."""
+        cfg = cls(**fields)
+        return replace(cfg, timesteps=int(round(cfg.timesteps * budget)))
 
 
 def attack_timesteps(n: int, num_train_timesteps: int = 1000) -> list[int]:
@@ -83,7 +90,8 @@ def decode_prefix(tokenizer, token_ids: list[int]) -> str:
 
 def discrete_attack(pipe, prompt: str, target_latent: torch.Tensor, check, cfg: DiscreteAttackConfig) -> dict:
     """Attack one prompt. `check(adversarial_prompt) -> bool` generates and judges.
-    Returns {"success", "checks", "iterations", "timestep", "adversarial_prompt", "loss", "token_ids", "probs"}."""
+    Returns {"success", "checks", "iterations", "timestep", "adversarial_prompt", "loss", "token_ids",
+    "images_judged", "probs"}."""
     unet, text_encoder, tokenizer = pipe.unet, pipe.text_encoder, pipe.tokenizer
     device = target_latent.device
     special = set(tokenizer.all_special_ids)
