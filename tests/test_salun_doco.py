@@ -83,3 +83,82 @@ def test_nudity_gets_salun_paper_nudity_defaults():
     assert get_method("salun").config_cls(concept="a dog").alpha == 0.5
     with pytest.raises(UserError, match="--projection must be full, reference or none"):
         EraseConfig.from_dict({"method": "doco", "concept": "nudity", "base_model": "/x", "projection": "half"})
+
+
+def _moved_away(trainer):
+    """Scale the trained cross-attention weights so that the UNet's forget-prompt prediction is
+    clearly not the frozen model's anchor prediction (a tiny random UNet barely reads its prompt)."""
+    with torch.no_grad():
+        for p in trainer.trainable.values():
+            p.mul_(6.0)
+    return trainer
+
+
+def _fixed_adversarial_batch(trainer):
+    """One fixed (x_t, t, c_anchor, c_forget) batch, drawn as compute_loss draws it."""
+    x0, ids = trainer.draw_batch(trainer.anchor_data, 4)
+    x_t, t, _ = trainer.noised(x0)
+    return x_t, t, trainer.c_anchor[ids], trainer.c_forget[ids]
+
+
+def test_doco_discriminator_loss_falls_during_warmup(tiny_sd_dir, tmp_path):
+    from erasure.trainers.doco import bce
+
+    trainer = _moved_away(trainer_for(make_config("doco", tiny_sd_dir, steps=13, disc_warmup=12, disc_lr=2e-3)))
+    x_t, t, c_a, c_f = _fixed_adversarial_batch(trainer)
+    with torch.no_grad():
+        real = trainer.predicted_x0(trainer.frozen_unet, x_t, t, c_a)
+        fake = trainer.predicted_x0(trainer.unet, x_t, t, c_f)
+
+    def disc_loss() -> float:
+        trainer.discriminator.eval()
+        with torch.no_grad():
+            logits = trainer.discriminator(torch.cat([real, fake]))
+        return float(bce(logits[:4], True) + bce(logits[4:], False))
+
+    before = disc_loss()
+    trainer.train(tmp_path / "out", stop_after=12)  # warm-up only: the discriminator learns, the UNet waits
+    assert disc_loss() < before - 0.1
+
+
+def test_doco_unet_adversarial_loss_falls_against_a_fixed_discriminator(tiny_sd_dir, tmp_path):
+    from erasure.trainers.doco import bce
+
+    trainer = _moved_away(trainer_for(make_config("doco", tiny_sd_dir, steps=27, disc_warmup=12, disc_lr=2e-3, lr=1e-2,
+                                                  retain_weight=0.0)))
+    trainer.train(tmp_path / "out", stop_after=12)  # the discriminator learns first (warm-up)
+    for group in trainer.disc_optimizer.param_groups:  # then stays fixed: what falls now is the UNet's doing
+        group["lr"] = 0.0
+    x_t, t, _, c_f = _fixed_adversarial_batch(trainer)
+    start = {k: p.detach().clone() for k, p in trainer.trainable.items()}
+    trainer.train(tmp_path / "out")
+    trained = {k: p.detach().clone() for k, p in trainer.trainable.items()}
+
+    def adv_loss(weights) -> float:
+        with torch.no_grad():
+            for k, p in trainer.trainable.items():
+                p.copy_(weights[k])
+            trainer.discriminator.eval()
+            return float(bce(trainer.discriminator(trainer.predicted_x0(trainer.unet, x_t, t, c_f)), True))
+
+    assert adv_loss(trained) < adv_loss(start) - 0.05
+
+
+def test_doco_guided_prediction_is_the_cfg_x0(tiny_sd_dir):
+    from erasure.sampling import predicted_x0
+
+    trainer = trainer_for(make_config("doco", tiny_sd_dir, adv_guidance=3.0))
+    x_t, t, c_a, _ = _fixed_adversarial_batch(trainer)
+    unet = trainer.frozen_unet
+    with torch.no_grad():
+        eps_c = unet(x_t, t, encoder_hidden_states=c_a).sample
+        eps_u = unet(x_t, t, encoder_hidden_states=trainer.c_uncond.expand(len(x_t), -1, -1)).sample
+        guided = trainer.predicted_x0(unet, x_t, t, c_a)
+        trainer.config.adv_guidance = 0.0
+        plain = trainer.predicted_x0(unet, x_t, t, c_a)
+    ac = trainer.alphas_cumprod
+    assert torch.allclose(guided, predicted_x0(x_t, eps_u + 3.0 * (eps_c - eps_u), ac, t), atol=1e-4)
+    assert torch.allclose(plain, predicted_x0(x_t, eps_c, ac, t), atol=1e-4)
+    assert not torch.allclose(guided, plain, atol=1e-3)
+    with pytest.raises(UserError, match="--adv-guidance must be >= 0"):
+        make_config("doco", tiny_sd_dir, adv_guidance=-1.0)
