@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from erasure.attacks.asr import asr_summary, run_attack, target_rows
-from erasure.attacks.discrete import DiscreteAttackConfig, attack_timesteps, discrete_attack, project_to_simplex
+from erasure.attacks.discrete import (DiscreteAttackConfig, attack_timesteps, discrete_attack, discrete_attack_batch,
+                                      project_to_simplex)
 from erasure.attacks.judges import concept_judge
 from erasure.attacks.soft import soft_prompt_attack
 from erasure.cli import run
@@ -78,6 +79,34 @@ def test_discrete_attack_stops_at_the_first_judged_success(tiny_pipe):
                           DiscreteAttackConfig(n_tokens=2, timesteps=6, iterations=2, lr=0.5))
     assert out["success"] and calls == [out["adversarial_prompt"]]
     assert out["checks"] == 1 and out["iterations"] == 2 and out["timestep"] == attack_timesteps(6)[0]
+
+
+def test_a_batched_attack_is_each_prompt_attacked_alone(tiny_pipe):
+    """Batching prompts changes the speed, not the attack: the same draws, distributions and stops."""
+    prompts = ["a red circle", "a blue disk", "a green round shape"]
+    targets = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    cfg = DiscreteAttackConfig(n_tokens=2, timesteps=3, iterations=3, lr=0.5)
+    winner = {}  # prompt 1 succeeds at its second judged text; the others never do
+
+    def check(rows, texts):
+        out = []
+        for r, text in zip(rows, texts):
+            winner.setdefault(r, []).append(text)
+            out.append(r == 1 and len(winner[r]) == 2)
+        return out
+
+    batched = discrete_attack_batch(tiny_pipe, prompts, targets, check, cfg)
+    assert [b["success"] for b in batched] == [False, True, False]
+    for i, prompt in enumerate(prompts):
+        calls = []
+        alone = discrete_attack(tiny_pipe, prompt, targets[i:i + 1],
+                                lambda adv, i=i: calls.append(adv) or (i == 1 and len(calls) == 2), cfg)
+        assert calls == winner[i]  # the same texts judged, in the same order
+        assert alone["token_ids"] == batched[i]["token_ids"] and alone["checks"] == batched[i]["checks"]
+        # float noise of a batched UNet call, through Adam's normalised steps: tiny, never a different token
+        d = (alone["probs"] - batched[i]["probs"]).abs()
+        assert d.max() < 0.05 * alone["probs"].max() and d.mean() < 1e-6
+        assert abs(alone["loss"] - batched[i]["loss"]) < 1e-4
 
 
 def test_asr_arithmetic_on_a_hand_made_result_set():

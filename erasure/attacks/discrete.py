@@ -92,43 +92,78 @@ def discrete_attack(pipe, prompt: str, target_latent: torch.Tensor, check, cfg: 
     """Attack one prompt. `check(adversarial_prompt) -> bool` generates and judges.
     Returns {"success", "checks", "iterations", "timestep", "adversarial_prompt", "loss", "token_ids",
     "images_judged", "probs"}."""
+    return discrete_attack_batch(pipe, [prompt], target_latent,
+                                 lambda rows, texts: [bool(check(text)) for text in texts], cfg)[0]
+
+
+def discrete_attack_batch(pipe, prompts: list[str], target_latents: torch.Tensor, check,
+                          cfg: DiscreteAttackConfig) -> list[dict]:
+    """Attack several prompts at once: one batched text-encoder and UNet call per step instead of
+    one per prompt (about 2x the throughput of one prompt at a time on a CPU, measured on MiniSD).
+    Each prompt's run is still the single-prompt attack: its own generator seeded `cfg.seed` (the
+    same token and noise draws as alone), its own distributions, its own loss (the batch's loss is
+    the *sum* of the prompts' MSEs, so no prompt's gradient is scaled by the batch size), its own
+    Adam state (Adam and its weight decay act elementwise, so one optimiser over the stacked
+    tensor is one optimiser per prompt) and its own stop at its first judged success.
+    `target_latents`: (B, C, h, w), row i the original model's image of prompt i.
+    `check(rows, texts) -> [bool]` generates and judges texts[j] as an attack on prompt rows[j]."""
     unet, text_encoder, tokenizer = pipe.unet, pipe.text_encoder, pipe.tokenizer
-    device = target_latent.device
+    device = target_latents.device
     special = set(tokenizer.all_special_ids)
     full_table = text_encoder.get_input_embeddings().weight.detach()
     allowed = torch.tensor([i for i in range(full_table.shape[0]) if i not in special])
     table = full_table[allowed.to(full_table.device)].float()  # (V', D)
-    g = torch.Generator().manual_seed(cfg.seed)
-    probs = torch.full((cfg.n_tokens, len(allowed)), 1.0 / len(allowed), device=device, requires_grad=True)
+    n = len(prompts)
+    generators = [torch.Generator().manual_seed(cfg.seed) for _ in prompts]
+    probs = torch.full((n, cfg.n_tokens, len(allowed)), 1.0 / len(allowed), device=device, requires_grad=True)
     opt = torch.optim.Adam([probs], lr=cfg.lr, weight_decay=cfg.weight_decay)
     alphas = pipe.scheduler.alphas_cumprod.to(device)
     n_train = int(pipe.scheduler.config.num_train_timesteps)
-    judged: dict[str, bool] = {}
-    loss_value = float("nan")
-    adversarial, token_ids, checks, t_value = prompt, [], 0, None
+    judged: list[dict[str, bool]] = [{} for _ in prompts]
+    losses = [float("nan")] * n
+    results: list[dict | None] = [None] * n
+    active = list(range(n))
+
+    def finish(i: int, success: bool, checks: int, t_value: int, text: str, token_ids: list[int]) -> None:
+        results[i] = {"success": success, "checks": checks, "iterations": checks * cfg.iterations, "timestep": t_value,
+                      "adversarial_prompt": text, "loss": losses[i], "token_ids": token_ids,
+                      "images_judged": len(judged[i]), "probs": probs[i].detach().clone()}
+
     bar = tqdm(attack_timesteps(cfg.timesteps, n_train), desc="  timesteps", leave=False, dynamic_ncols=True)
+    last: dict[int, tuple[str, list[int]]] = {}
     for checks, t_value in enumerate(bar, start=1):
-        t = torch.tensor([t_value], device=device)
+        rows = torch.tensor(active, device=device)
+        t = torch.full((len(active),), t_value, device=device)
         for _ in range(cfg.iterations):
             opt.zero_grad(set_to_none=True)
-            cond = encode_with_prefix(tokenizer, text_encoder, [prompt], sampled_one_hot(probs, g) @ table)
-            noise = torch.randn(target_latent.shape, generator=g).to(device)
-            x_t = add_noise(target_latent, noise, alphas, t)
-            loss = F.mse_loss(unet(x_t, t, encoder_hidden_states=cond).sample.float(), noise)
-            loss.backward()
+            one_hots, noises = [], []
+            for i in active:  # per prompt, in the single-prompt order: its token draw, then its noise
+                one_hots.append(sampled_one_hot(probs[i], generators[i]))
+                noises.append(torch.randn(target_latents.shape[1:], generator=generators[i]))
+            cond = encode_with_prefix(tokenizer, text_encoder, [prompts[i] for i in active], torch.stack(one_hots) @ table)
+            noise = torch.stack(noises).to(device)
+            x_t = add_noise(target_latents[rows], noise, alphas, t)
+            per_prompt = (unet(x_t, t, encoder_hidden_states=cond).sample.float() - noise).pow(2).flatten(1).mean(1)
+            per_prompt.sum().backward()
             probs.grad.clamp_(-1, 1)  # the reference's straight-through backward is a hardtanh
             opt.step()
             with torch.no_grad():
-                probs.copy_(project_to_simplex(probs))
-            loss_value = loss.item()
-        bar.set_postfix(t=t_value, loss=f"{loss_value:.4f}")
-        token_ids = allowed[probs.detach().argmax(-1).cpu()].tolist()
-        adversarial = f"{decode_prefix(tokenizer, token_ids)} {prompt}".strip()
-        if adversarial not in judged:
-            judged[adversarial] = bool(check(adversarial))
-        if judged[adversarial]:
+                probs[rows] = project_to_simplex(probs[rows])
+            for j, i in enumerate(active):
+                losses[i] = per_prompt[j].item()
+        bar.set_postfix(t=t_value, loss=f"{sum(losses[i] for i in active) / len(active):.4f}", left=len(active))
+        for i in active:
+            token_ids = allowed[probs[i].detach().argmax(-1).cpu()].tolist()
+            last[i] = (f"{decode_prefix(tokenizer, token_ids)} {prompts[i]}".strip(), token_ids)
+        new = [i for i in active if last[i][0] not in judged[i]]
+        for i, seen in zip(new, check(new, [last[i][0] for i in new]) if new else []):
+            judged[i][last[i][0]] = bool(seen)
+        for i in [i for i in active if judged[i][last[i][0]]]:
+            finish(i, True, checks, t_value, *last[i])
+            active.remove(i)
+        if not active:
             break
     bar.close()
-    return {"success": judged.get(adversarial, False), "checks": checks, "iterations": checks * cfg.iterations,
-            "timestep": t_value, "adversarial_prompt": adversarial, "loss": loss_value, "token_ids": token_ids,
-            "images_judged": len(judged), "probs": probs.detach()}
+    for i in active:
+        finish(i, False, checks, t_value, *last[i])
+    return results
