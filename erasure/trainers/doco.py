@@ -36,6 +36,8 @@ Where we differ, deliberately:
     between the two conditional predictions by w. Unguided, the discriminator settled at chance
     while a quarter to a third of MiniSD's circle prompts still drew circles (nine settings,
     docs/doco.md); guided, the same run erases circle (docs/erasure-minisd.md).
+    The stronger adversarial signal needs more retention on MiniSD: retain_weight 3 there (the
+    paper's 1 elsewhere); at 2 the cross object drifted to 0.938 in one of two runs.
   * `retain_on="anchor+retain"` (MiniSD's default) also denoises images of retain prompts (the
     other objects' captions): MiniSD's to_k/to_v are shared by every prompt, and with the
     anchor alone the other objects drifted (measured: square 0.83, cross 0.92 object accuracy
