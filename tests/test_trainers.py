@@ -158,6 +158,18 @@ def test_minisd_concepts_train_on_world_captions_never_on_evaluation_prompts():
     assert concept_prompts("circle", "word", is_minisd=True) == ["circle"]
 
 
+def test_minisd_retain_captions_name_no_part_of_the_concept_and_grow_as_asked():
+    from erasure.concepts import _mini_eval_prompts, retain_prompts
+    from erasure.worlds.mini.world import parse_caption
+
+    small, large = (retain_prompts("circle", "square", is_minisd=True, n=n) for n in (64, 256))
+    assert len(set(large)) == 256 and large[:64] == small  # a larger set extends the default one (same seed)
+    assert not any(parse_caption(p)["object"] == "circle" for p in large)
+    assert {parse_caption(p)["object"] for p in large} == {"square", "triangle", "star", "heart", "cross"}
+    assert not set(p.lower() for p in large) & _mini_eval_prompts()
+    assert retain_prompts("circle", "square", is_minisd=False) == ["square"]
+
+
 def test_concept_prompt_file(tmp_path):
     from erasure.concepts import concept_prompts
 

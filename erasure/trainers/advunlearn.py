@@ -73,6 +73,8 @@ class AdvUnlearnConfig(ESDConfig):
     fast_attack: bool = doc("Fast AT: signed-gradient attack steps", default=False)
     retain_weight: float = doc("lambda of the utility retain term (paper: 0.3)", default=0.3)
     retain_batch: int = doc("retain prompts per iteration (paper: 5)", default=5)
+    retain_captions: int = doc("MiniSD: how many other-object captions form the retain set (not used with "
+                               "--retain-prompts-file or on Stable Diffusion)", default=64)
     retain_prompts_file: str = doc("retain prompts, one per line or a CSV 'prompt' column (default: COCO object "
                                    "prompts on SD, MiniSD's other-object captions on MiniSD)", default="")
 
@@ -87,7 +89,7 @@ class AdvUnlearnConfig(ESDConfig):
         parse_layers(self.layers)
         if isinstance(self.fast_attack, str):
             self.fast_attack = self.fast_attack.strip().lower() in ("1", "true", "yes")
-        for name in ("adv_tokens", "attack_steps", "retain_batch"):
+        for name in ("adv_tokens", "attack_steps", "retain_batch", "retain_captions"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
         if self.attack_warmup < 0 or self.retain_weight < 0:
@@ -118,7 +120,7 @@ class AdvUnlearnTrainer(ESDTrainer):
             from ..concepts import _read_prompt_file
             self.retain_set = _read_prompt_file(Path(cfg.retain_prompts_file))
         elif self.is_minisd:
-            self.retain_set = [p for c in cfg.concepts for p in self.retain_prompts(c)]
+            self.retain_set = [p for c in cfg.concepts for p in self.retain_prompts(c, cfg.retain_captions)]
         else:
             self.retain_set = [line.strip() for line in COCO_RETAIN.read_text().splitlines() if line.strip()]
         # θ*'s embeddings of the retain prompts (setup runs before any step, also on resume)

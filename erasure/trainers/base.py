@@ -145,9 +145,9 @@ class Trainer:
             return forget, [mini_substitute(p, concept, anchor) for p in forget]
         return forget, [anchor] * len(forget)
 
-    def retain_prompts(self, concept: str) -> list[str]:
-        """Prompts whose images must not change (erasure/concepts.py)."""
-        return retain_prompts(concept, self.anchor_of(concept), self.is_minisd, seed=self.config.seed + 1)
+    def retain_prompts(self, concept: str, n: int = 64) -> list[str]:
+        """Prompts whose images must not change (erasure/concepts.py); n: MiniSD captions drawn."""
+        return retain_prompts(concept, self.anchor_of(concept), self.is_minisd, n=n, seed=self.config.seed + 1)
 
     def self_data(self, prompts: list[str], count: int) -> SelfData:
         """`count` latents the untouched base model draws for `prompts` (cached; erasure/selfdata.py)."""
