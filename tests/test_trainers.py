@@ -170,6 +170,17 @@ def test_minisd_retain_captions_name_no_part_of_the_concept_and_grow_as_asked():
     assert retain_prompts("circle", "square", is_minisd=False) == ["square"]
 
 
+def test_advunlearn_retain_set_on_minisd_follows_retain_captions():
+    from erasure.concepts import retain_prompts
+
+    def retain_set(**kw):
+        return trainer_for(EraseConfig.from_dict({"method": "advunlearn", "concept": "circle", "base_model": "minisd",
+                                                  "steps": 1, "checkpoint_every": 0, **kw})).retain_set
+
+    assert retain_set() == retain_prompts("circle", "square", is_minisd=True, n=64, seed=1)  # default: 64, seed + 1
+    assert retain_set(retain_captions=100, seed=3) == retain_prompts("circle", "square", is_minisd=True, n=100, seed=4)
+
+
 def test_concept_prompt_file(tmp_path):
     from erasure.concepts import concept_prompts
 
@@ -190,6 +201,7 @@ def test_concept_prompt_file(tmp_path):
     ({"sample_with": "both"}, "--sample-with must be frozen or trained"),
     ({"sample_with": "trained"}, "--sample-with trained samples afresh every step"),
     ({"dtype": "float16"}, "float16 training needs loss scaling"),
+    ({"method": "advunlearn", "retain_captions": 0}, "--retain-captions must be at least 1"),
 ])
 def test_bad_settings_are_one_line_errors(settings, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(")):
