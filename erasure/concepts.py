@@ -166,6 +166,20 @@ def retain_prompts(concept: str, anchor: str, is_minisd: bool, n: int = 64, seed
         c["object"] == o or (c["color"] and c["color"] == col) or (c["style"] and c["style"] == st)), [])
 
 
+def mini_sibling_prompts(prompts: list[str], concept: str) -> list[str]:
+    """Each prompt with the concept replaced by each of its siblings ("a red disk" -> "a red
+    square", ..., "a red cross"), distinct, none an evaluation prompt: the captions nearest the
+    concept's, which an erasure of the concept's words moves most."""
+    held_out, out, seen = _mini_eval_prompts(), [], set()
+    for p in prompts:
+        for other in mini_siblings(concept):
+            s = mini_substitute(p, concept, other)
+            if s.lower() not in held_out and s.lower() not in seen:
+                out.append(s)
+                seen.add(s.lower())
+    return out
+
+
 def mini_world_captions(n: int = 256, seed: int = 0) -> list[str]:
     """n distinct English MiniSD captions over every object, colour and style, drawn as in
     training (the concept's among them); never an evaluation prompt. SFD's remain prompts on

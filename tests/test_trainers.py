@@ -179,6 +179,20 @@ def test_advunlearn_retain_set_on_minisd_follows_retain_captions():
 
     assert retain_set() == retain_prompts("circle", "square", is_minisd=True, n=64, seed=1)  # default: 64, seed + 1
     assert retain_set(retain_captions=100, seed=3) == retain_prompts("circle", "square", is_minisd=True, n=100, seed=4)
+    captions, with_siblings = retain_set(retain_siblings=False), retain_set(retain_siblings=True)
+    assert with_siblings[:64] == captions and len(with_siblings) > 64 + 200
+    assert "a yellow cross with a checkerboard pattern" in with_siblings  # from "a yellow disc with a checkerboard pattern"
+
+
+def test_minisd_sibling_prompts_replace_the_concept_by_each_sibling():
+    from erasure.concepts import _mini_eval_prompts, mini_sibling_prompts
+    from erasure.worlds.mini.world import parse_caption
+
+    near = mini_sibling_prompts(["a polka-dot green disk", "a red circle, striped style"], "circle")
+    expected = [f"a polka-dot green {o}" for o in ("square", "triangle", "star", "heart", "cross")] + [
+        f"a red {o}, striped style" for o in ("square", "triangle", "star", "heart", "cross")]
+    assert near == [p for p in expected if p not in _mini_eval_prompts()] and len(near) >= 8
+    assert all(parse_caption(p)["object"] != "circle" for p in near)
 
 
 def test_concept_prompt_file(tmp_path):

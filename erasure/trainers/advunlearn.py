@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from ..attacks.soft import soft_prompt_attack
 from ..attacks.text import encode_with_prefix
+from ..concepts import mini_sibling_prompts
 from ..config import doc
 from ..errors import UserError
 from ..registry import register_method
@@ -75,6 +76,8 @@ class AdvUnlearnConfig(ESDConfig):
     retain_batch: int = doc("retain prompts per iteration (paper: 5)", default=5)
     retain_captions: int = doc("MiniSD: how many other-object captions form the retain set (not used with "
                                "--retain-prompts-file or on Stable Diffusion)", default=64)
+    retain_siblings: bool = doc("MiniSD: add each forget prompt with the concept replaced by each sibling "
+                                "(a red disk -> a red square, ..., a red cross) to the retain set", default=False)
     retain_prompts_file: str = doc("retain prompts, one per line or a CSV 'prompt' column (default: COCO object "
                                    "prompts on SD, MiniSD's other-object captions on MiniSD)", default="")
 
@@ -87,8 +90,9 @@ class AdvUnlearnConfig(ESDConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         parse_layers(self.layers)
-        if isinstance(self.fast_attack, str):
-            self.fast_attack = self.fast_attack.strip().lower() in ("1", "true", "yes")
+        for name in ("fast_attack", "retain_siblings"):
+            if isinstance(getattr(self, name), str):
+                setattr(self, name, getattr(self, name).strip().lower() in ("1", "true", "yes"))
         for name in ("adv_tokens", "attack_steps", "retain_batch", "retain_captions"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
@@ -121,6 +125,9 @@ class AdvUnlearnTrainer(ESDTrainer):
             self.retain_set = _read_prompt_file(Path(cfg.retain_prompts_file))
         elif self.is_minisd:
             self.retain_set = [p for c in cfg.concepts for p in self.retain_prompts(c, cfg.retain_captions)]
+            if cfg.retain_siblings:
+                near = [p for k, c in enumerate(cfg.concepts) for p in mini_sibling_prompts(self.forget_prompt_sets[k], c)]
+                self.retain_set += [p for p in dict.fromkeys(near) if p not in self.retain_set]
         else:
             self.retain_set = [line.strip() for line in COCO_RETAIN.read_text().splitlines() if line.strip()]
         # θ*'s embeddings of the retain prompts (setup runs before any step, also on resume)
