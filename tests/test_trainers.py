@@ -195,6 +195,11 @@ def test_minisd_sibling_prompts_replace_the_concept_by_each_sibling():
     assert all(parse_caption(p)["object"] != "circle" for p in near)
 
 
+def test_retain_siblings_off_minisd_is_a_one_line_error(tiny_sd_dir):
+    with pytest.raises(UserError, match="--retain-siblings needs MiniSD's world"):
+        trainer_for(make_config("advunlearn", tiny_sd_dir, retain_siblings=True))
+
+
 def test_concept_prompt_file(tmp_path):
     from erasure.concepts import concept_prompts
 

@@ -77,7 +77,8 @@ class AdvUnlearnConfig(ESDConfig):
     retain_captions: int = doc("MiniSD: how many other-object captions form the retain set (not used with "
                                "--retain-prompts-file or on Stable Diffusion)", default=64)
     retain_siblings: bool = doc("MiniSD: add each forget prompt with the concept replaced by each sibling "
-                                "(a red disk -> a red square, ..., a red cross) to the retain set", default=False)
+                                "(a red disk -> a red square, ..., a red cross) to the retain set (also to a "
+                                "--retain-prompts-file)", default=False)
     retain_prompts_file: str = doc("retain prompts, one per line or a CSV 'prompt' column (default: COCO object "
                                    "prompts on SD, MiniSD's other-object captions on MiniSD)", default="")
 
@@ -125,11 +126,14 @@ class AdvUnlearnTrainer(ESDTrainer):
             self.retain_set = _read_prompt_file(Path(cfg.retain_prompts_file))
         elif self.is_minisd:
             self.retain_set = [p for c in cfg.concepts for p in self.retain_prompts(c, cfg.retain_captions)]
-            if cfg.retain_siblings:
-                near = [p for k, c in enumerate(cfg.concepts) for p in mini_sibling_prompts(self.forget_prompt_sets[k], c)]
-                self.retain_set += [p for p in dict.fromkeys(near) if p not in self.retain_set]
         else:
             self.retain_set = [line.strip() for line in COCO_RETAIN.read_text().splitlines() if line.strip()]
+        if cfg.retain_siblings:
+            if not self.is_minisd:
+                raise UserError("--retain-siblings needs MiniSD's world (it knows each concept's siblings); on Stable "
+                                "Diffusion list the prompts to keep in --retain-prompts-file")
+            near = [p for k, c in enumerate(cfg.concepts) for p in mini_sibling_prompts(self.forget_prompt_sets[k], c)]
+            self.retain_set += [p for p in dict.fromkeys(near) if p not in self.retain_set]
         # θ*'s embeddings of the retain prompts (setup runs before any step, also on resume)
         self.c_retain_frozen = self.embed(self.retain_set)
         self.retain_cache: tuple[torch.Tensor, torch.Tensor] | None = None
