@@ -177,9 +177,11 @@ def test_advunlearn_retain_set_on_minisd_follows_retain_captions():
         return trainer_for(EraseConfig.from_dict({"method": "advunlearn", "concept": "circle", "base_model": "minisd",
                                                   "steps": 1, "checkpoint_every": 0, **kw})).retain_set
 
-    assert retain_set() == retain_prompts("circle", "square", is_minisd=True, n=64, seed=1)  # default: 64, seed + 1
-    assert retain_set(retain_captions=100, seed=3) == retain_prompts("circle", "square", is_minisd=True, n=100, seed=4)
-    captions, with_siblings = retain_set(retain_siblings=False), retain_set(retain_siblings=True)
+    captions = retain_set(retain_siblings=False)
+    assert captions == retain_prompts("circle", "square", is_minisd=True, n=64, seed=1)  # default: 64, seed + 1
+    assert retain_set(retain_captions=100, seed=3, retain_siblings=False) == retain_prompts(
+        "circle", "square", is_minisd=True, n=100, seed=4)
+    with_siblings = retain_set()  # MiniSD's default adds the siblings of the forget prompts
     assert with_siblings[:64] == captions and len(with_siblings) > 64 + 200
     assert "a yellow cross with a checkerboard pattern" in with_siblings  # from "a yellow disc with a checkerboard pattern"
 

@@ -23,7 +23,10 @@ CLIPTextModel folder that plugs into any compatible pipeline as `text_encoder=`.
 
 Retain prompts: on Stable Diffusion "a photo of a {object}" for the 80 COCO categories
 (erasure/data/prompts/coco_objects.txt; the paper uses COCO object prompts); on MiniSD its
-captions of the other objects (erasure/concepts.py). Where we differ: the reference's attack
+captions of the other objects (erasure/concepts.py) and, by MiniSD's default (`--retain-siblings`),
+each forget prompt with the concept replaced by each sibling ("a red disk" -> "a red cross"). Why
+(docs/advunlearn.md, measured): the text encoder erases "circle" by moving it toward the sibling
+shapes, and without those exact neighbours in the retain set the cross prompts moved with it. Where we differ: the reference's attack
 never zeroed its gradients between steps; ours does.
 """
 from __future__ import annotations
@@ -84,9 +87,13 @@ class AdvUnlearnConfig(ESDConfig):
 
     # MiniSD (measured, docs/advunlearn.md): at lr 1e-3 every prompt broke; at lr 1e-4 (retain weight
     # 3) circle went but square and triangle lost 0.06-0.07; lr 5e-5 erases circle as fully and
-    # keeps every other object within 0.02
-    minisd_defaults: ClassVar[dict] = {**ESDConfig.minisd_defaults, "steps": 400, "lr": 5e-5, "retain_weight": 3.0,
-                                       "attack_warmup": 100, "attack_steps": 10, "attack_lr": 1e-2}
+    # keeps every other object within 0.02. The inner attack matches the discrete attack's 5 prefix
+    # tokens (with 1 token and 10 steps the attack broke 11 of 24 prompts); against it, only a retain
+    # set holding the forget prompts' sibling captions kept the cross object that erased circles drift
+    # to (64 captions: cross 0.312; 256: 0.677-0.948; with siblings at weight 4: 0.990)
+    minisd_defaults: ClassVar[dict] = {**ESDConfig.minisd_defaults, "steps": 400, "lr": 5e-5, "retain_weight": 4.0,
+                                       "attack_warmup": 100, "adv_tokens": 5, "attack_steps": 20, "attack_lr": 1e-2,
+                                       "retain_batch": 16, "retain_siblings": True}
 
     def __post_init__(self) -> None:
         super().__post_init__()
