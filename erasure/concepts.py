@@ -166,6 +166,15 @@ def retain_prompts(concept: str, anchor: str, is_minisd: bool, n: int = 64, seed
         c["object"] == o or (c["color"] and c["color"] == col) or (c["style"] and c["style"] == st)), [])
 
 
+def mini_names_concept(prompt: str, concept: str) -> bool:
+    """Whether a MiniSD caption names the concept (its object, colour or style, any synonym)."""
+    from .worlds.mini.world import parse_caption
+
+    wanted = {k: v for k, v in parse_caption(concept).items() if v}
+    said = parse_caption(prompt)
+    return bool(wanted) and all(said[k] == v for k, v in wanted.items())
+
+
 def mini_sibling_prompts(prompts: list[str], concept: str) -> list[str]:
     """Each prompt with the concept replaced by each of its siblings ("a red disk" -> "a red
     square", ..., "a red cross"), distinct, none an evaluation prompt: the captions nearest the

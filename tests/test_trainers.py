@@ -172,6 +172,7 @@ def test_minisd_retain_captions_name_no_part_of_the_concept_and_grow_as_asked():
 
 def test_advunlearn_retain_set_on_minisd_follows_retain_captions():
     from erasure.concepts import retain_prompts
+    from erasure.worlds.mini.world import parse_caption
 
     def retain_set(**kw):
         return trainer_for(EraseConfig.from_dict({"method": "advunlearn", "concept": "circle", "base_model": "minisd",
@@ -183,6 +184,9 @@ def test_advunlearn_retain_set_on_minisd_follows_retain_captions():
         "circle", "square", is_minisd=True, n=100, seed=4)
     with_siblings = retain_set()  # MiniSD's default adds the siblings of the forget prompts
     assert with_siblings[:64] == captions and len(with_siblings) > 64 + 200
+    both = retain_set(concept="circle, square")  # erased together: nothing kept names either
+    assert not [p for p in both if parse_caption(p)["object"] in ("circle", "square")]
+    assert {parse_caption(p)["object"] for p in both} == {"triangle", "star", "heart", "cross"}
     assert "a yellow cross with a checkerboard pattern" in with_siblings  # from "a yellow disc with a checkerboard pattern"
 
 

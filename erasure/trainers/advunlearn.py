@@ -24,10 +24,11 @@ CLIPTextModel folder that plugs into any compatible pipeline as `text_encoder=`.
 Retain prompts: on Stable Diffusion "a photo of a {object}" for the 80 COCO categories
 (erasure/data/prompts/coco_objects.txt; the paper uses COCO object prompts); on MiniSD its
 captions of the other objects (erasure/concepts.py) and, by MiniSD's default (`--retain-siblings`),
-each forget prompt with the concept replaced by each sibling ("a red disk" -> "a red cross"). Why
-(docs/advunlearn.md, measured): the text encoder erases "circle" by moving it toward the sibling
-shapes, and without those exact neighbours in the retain set the cross prompts moved with it. Where we differ: the reference's attack
-never zeroed its gradients between steps; ours does.
+each forget prompt with the concept replaced by each sibling ("a red disk" -> "a red cross"),
+none naming a concept being erased. Why (docs/advunlearn.md, measured): the text encoder erases
+"circle" by moving it toward the sibling shapes, and without those exact neighbours in the
+retain set the cross prompts moved with it. Where we differ: the reference's attack never zeroed
+its gradients between steps; ours does.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ import torch.nn.functional as F
 
 from ..attacks.soft import soft_prompt_attack
 from ..attacks.text import encode_with_prefix
-from ..concepts import mini_sibling_prompts
+from ..concepts import mini_names_concept, mini_sibling_prompts
 from ..config import doc
 from ..errors import UserError
 from ..registry import register_method
@@ -142,6 +143,9 @@ class AdvUnlearnTrainer(ESDTrainer):
                                 "Diffusion list the prompts to keep in --retain-prompts-file")
             near = [p for k, c in enumerate(cfg.concepts) for p in mini_sibling_prompts(self.forget_prompt_sets[k], c)]
             self.retain_set += [p for p in dict.fromkeys(near) if p not in self.retain_set]
+        if self.is_minisd and not cfg.retain_prompts_file:
+            # erasing circle and square together: circle's captions and siblings name squares, which must not be kept
+            self.retain_set = [p for p in self.retain_set if not any(mini_names_concept(p, c) for c in cfg.concepts)]
         # θ*'s embeddings of the retain prompts (setup runs before any step, also on resume)
         self.c_retain_frozen = self.embed(self.retain_set)
         self.retain_cache: tuple[torch.Tensor, torch.Tensor] | None = None
