@@ -179,9 +179,9 @@ def mini_sibling_prompts(prompts: list[str], concept: str) -> list[str]:
     """Each prompt with the concept replaced by each of its siblings ("a red disk" -> "a red
     square", ..., "a red cross"), distinct, none an evaluation prompt: the captions nearest the
     concept's, which an erasure of the concept's words moves most."""
-    held_out, out, seen = _mini_eval_prompts(), [], set()
+    held_out, siblings, out, seen = _mini_eval_prompts(), mini_siblings(concept), [], set()
     for p in prompts:
-        for other in mini_siblings(concept):
+        for other in siblings:
             s = mini_substitute(p, concept, other)
             if s.lower() not in held_out and s.lower() not in seen:
                 out.append(s)
