@@ -54,6 +54,9 @@ class EraseConfig:
     concept_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __post_init__(self) -> None:
+        for name, kind in field_types(type(self)).items():
+            if kind is bool and isinstance(getattr(self, name), str):  # a CLI flag's word
+                setattr(self, name, parse_bool(getattr(self, name), name))
         self.concept = self.concept.strip()
         if not self.concepts:
             raise UserError("the concept is empty; say what to erase, e.g. --concept circle")
@@ -123,6 +126,17 @@ class SelfDataConfig(EraseConfig):
     data_steps: int = doc("sampling steps of the self-generated images (0 = the model's default: SD 50, MiniSD 25)",
                           default=0)
     data_seed: int = doc("seed of the first self-generated image (image i uses data_seed + i)", default=0)
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def parse_bool(word: str, name: str) -> bool:
+    """A boolean setting's CLI word; a typo is an error, never a silent False."""
+    w = word.strip().lower()
+    if w in _TRUE or w in _FALSE:
+        return w in _TRUE
+    raise UserError(f"--{name.replace('_', '-')} takes true or false (got '{word}')")
 
 
 def field_types(cls: type) -> dict[str, type]:

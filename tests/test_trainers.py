@@ -1,6 +1,7 @@
 """Shared trainer tests, parametrised over every registered method: a new method file is
 covered as soon as it registers itself."""
 import json
+import re
 
 import pytest
 import torch
@@ -190,6 +191,20 @@ def test_advunlearn_retain_set_on_minisd_follows_retain_captions():
     assert "a yellow cross with a checkerboard pattern" in with_siblings  # from "a yellow disc with a checkerboard pattern"
 
 
+def test_minisd_retain_prompts_never_keep_a_concept_of_the_run():
+    """Trainer.retain_prompts, which SalUn, DoCo and AdvUnlearn build their MiniSD retain sets from."""
+    from erasure.worlds.mini.world import parse_caption
+
+    trainer = trainer_for(EraseConfig.from_dict({"method": "esd-x", "concept": "circle, square", "base_model": "minisd",
+                                                 "steps": 1, "checkpoint_every": 0}))
+    for concept in ("circle", "square"):
+        kept = trainer.retain_prompts(concept)
+        assert kept and {parse_caption(p)["object"] for p in kept} <= {"triangle", "star", "heart", "cross"}
+    alone = trainer_for(EraseConfig.from_dict({"method": "esd-x", "concept": "circle", "base_model": "minisd",
+                                               "steps": 1, "checkpoint_every": 0}))
+    assert "square" in {parse_caption(p)["object"] for p in alone.retain_prompts("circle")}
+
+
 def test_minisd_sibling_prompts_replace_the_concept_by_each_sibling():
     from erasure.concepts import _mini_eval_prompts, mini_sibling_prompts
     from erasure.worlds.mini.world import parse_caption
@@ -227,10 +242,21 @@ def test_concept_prompt_file(tmp_path):
     ({"sample_with": "trained"}, "--sample-with trained samples afresh every step"),
     ({"dtype": "float16"}, "float16 training needs loss scaling"),
     ({"method": "advunlearn", "retain_captions": 0}, "--retain-captions must be at least 1"),
+    ({"method": "advunlearn", "retain_trajectories": 0}, "--retain-trajectories must be at least 1"),
+    ({"method": "advunlearn", "retain_siblings": "ture"}, "--retain-siblings takes true or false (got 'ture')"),
+    ({"method": "sfd", "two_stage": "2"}, "--two-stage takes true or false (got '2')"),
 ])
 def test_bad_settings_are_one_line_errors(settings, message):
-    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+    with pytest.raises(UserError, match=re.escape(message)):
         EraseConfig.from_dict({"method": "esd-x", "concept": "circle", **settings})
+
+
+@pytest.mark.parametrize("word, value", [("true", True), (" Yes", True), ("on", True), ("1", True),
+                                         ("false", False), ("No ", False), ("off", False), ("0", False)])
+def test_boolean_settings_read_their_cli_words(word, value):
+    """Every bool field of every method takes the same words (the CLI passes strings)."""
+    assert EraseConfig.from_dict({"method": "advunlearn", "concept": "circle", "fast_attack": word}).fast_attack is value
+    assert EraseConfig.from_dict({"method": "sfd", "concept": "circle", "two_stage": word}).two_stage is value
 
 
 def test_erasure_onto_a_mismatched_base_lists_the_tensors(tiny_sd_dir, tmp_path):

@@ -78,6 +78,8 @@ class AdvUnlearnConfig(ESDConfig):
     fast_attack: bool = doc("Fast AT: signed-gradient attack steps", default=False)
     retain_weight: float = doc("lambda of the utility retain term (paper: 0.3)", default=0.3)
     retain_batch: int = doc("retain prompts per iteration (paper: 5)", default=5)
+    retain_trajectories: int = doc("distinct retain prompts whose trajectories are sampled at each refresh (every "
+                                   "--refresh-every steps); each iteration's retain batch is drawn from them", default=8)
     retain_captions: int = doc("MiniSD: how many other-object captions form the retain set (not used with "
                                "--retain-prompts-file or on Stable Diffusion)", default=64)
     retain_siblings: bool = doc("MiniSD: add each forget prompt with the concept replaced by each sibling "
@@ -100,10 +102,7 @@ class AdvUnlearnConfig(ESDConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         parse_layers(self.layers)
-        for name in ("fast_attack", "retain_siblings"):
-            if isinstance(getattr(self, name), str):
-                setattr(self, name, getattr(self, name).strip().lower() in ("1", "true", "yes"))
-        for name in ("adv_tokens", "attack_steps", "retain_batch", "retain_captions"):
+        for name in ("adv_tokens", "attack_steps", "retain_batch", "retain_trajectories", "retain_captions"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
         if self.attack_warmup < 0 or self.retain_weight < 0:
@@ -142,10 +141,9 @@ class AdvUnlearnTrainer(ESDTrainer):
                 raise UserError("--retain-siblings needs MiniSD's world (it knows each concept's siblings); on Stable "
                                 "Diffusion list the prompts to keep in --retain-prompts-file")
             near = [p for k, c in enumerate(cfg.concepts) for p in mini_sibling_prompts(self.forget_prompt_sets[k], c)]
+            # erasing circle and square together: circle's siblings name squares, which must not be kept
+            near = [p for p in near if not any(mini_names_concept(p, c) for c in cfg.concepts)]
             self.retain_set += [p for p in dict.fromkeys(near) if p not in self.retain_set]
-        if self.is_minisd and not cfg.retain_prompts_file:
-            # erasing circle and square together: circle's captions and siblings name squares, which must not be kept
-            self.retain_set = [p for p in self.retain_set if not any(mini_names_concept(p, c) for c in cfg.concepts)]
         # θ*'s embeddings of the retain prompts (setup runs before any step, also on resume)
         self.c_retain_frozen = self.embed(self.retain_set)
         self.retain_cache: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -162,7 +160,8 @@ class AdvUnlearnTrainer(ESDTrainer):
         """(z_r, t, retain prompt ids): ESD-style partial DDIM latents under retain prompts."""
         cfg: AdvUnlearnConfig = self.config
         if self.retain_cache is None or self.step - self.retain_born >= cfg.refresh_every:
-            ids = self.randint(len(self.retain_set), (cfg.trajectory_batch,))
+            # without replacement: every refresh covers retain_trajectories different prompts
+            ids = torch.randperm(len(self.retain_set), generator=self.generator)[:cfg.retain_trajectories]
             latents, _ = self.sample_latents(self.frozen_unet, self.c_retain_frozen[ids.to(self.device)], len(ids))
             self.retain_cache, self.retain_born = (latents[:-1], ids), self.step
         latents, ids = self.retain_cache

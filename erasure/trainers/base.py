@@ -25,7 +25,7 @@ from ..errors import UserError
 from ..io import base_tensors, hash_tensors, save_erasure
 from ..io_utils import (load_tensors, optimizer_from_tensors, optimizer_to_tensors, python_rng_state, save_tensors,
                         set_python_rng_state, write_json)
-from ..concepts import concept_prompts, default_anchor, mini_substitute, retain_prompts
+from ..concepts import concept_prompts, default_anchor, mini_names_concept, mini_substitute, retain_prompts
 from ..models import default_sampling, is_minisd, load_pipeline, pick_device, resolve_model
 from ..selfdata import SelfData, self_generated
 from ..sampling import add_noise, encode_prompts
@@ -146,8 +146,13 @@ class Trainer:
         return forget, [anchor] * len(forget)
 
     def retain_prompts(self, concept: str, n: int = 64) -> list[str]:
-        """Prompts whose images must not change (erasure/concepts.py); n: MiniSD captions drawn."""
-        return retain_prompts(concept, self.anchor_of(concept), self.is_minisd, n=n, seed=self.config.seed + 1)
+        """Prompts whose images must not change (erasure/concepts.py); n: MiniSD captions drawn.
+        On MiniSD none names a concept of the run: erasing circle and square together, circle's
+        retain captions would otherwise keep the squares."""
+        prompts = retain_prompts(concept, self.anchor_of(concept), self.is_minisd, n=n, seed=self.config.seed + 1)
+        if self.is_minisd:
+            prompts = [p for p in prompts if not any(mini_names_concept(p, c) for c in self.config.concepts)]
+        return prompts
 
     def self_data(self, prompts: list[str], count: int) -> SelfData:
         """`count` latents the untouched base model draws for `prompts` (cached; erasure/selfdata.py)."""

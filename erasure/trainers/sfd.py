@@ -150,8 +150,6 @@ class SFDConfig(EraseConfig):
                                        "fake_guidance": 5.0, "distill_steps": 300}
 
     def __post_init__(self) -> None:
-        if isinstance(self.two_stage, str):  # from a CLI flag
-            self.two_stage = self.two_stage.strip().lower() in ("1", "true", "yes", "on")
         super().__post_init__()
         if not self.alpha > 0:
             raise UserError(f"--alpha must be positive (got {self.alpha})")
