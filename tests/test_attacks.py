@@ -176,6 +176,22 @@ def test_advunlearn_layer_subsets_train_only_those_layers(tiny_sd_dir):
         make_config("advunlearn", tiny_sd_dir, layers="first")
 
 
+def test_advunlearn_retain_trajectories_are_distinct_prompts_refreshed_on_schedule(tiny_sd_dir):
+    from test_trainers import make_config, trainer_for
+
+    trainer = trainer_for(make_config("advunlearn", tiny_sd_dir, retain_trajectories=6, refresh_every=2))
+    z_r, t_r, ids = trainer.retain_latents(4)
+    first = trainer.retain_cache[1]
+    assert len(first) == len(set(first.tolist())) == 6 and set(ids.tolist()) <= set(first.tolist())
+    assert z_r.shape[0] == t_r.shape[0] == 4
+    trainer.step = 1
+    trainer.retain_latents(4)
+    assert torch.equal(trainer.retain_cache[1], first)  # reused within refresh_every
+    trainer.step = 2
+    trainer.retain_latents(4)
+    assert not torch.equal(trainer.retain_cache[1], first)  # then drawn afresh
+
+
 def test_eval_runs_asr_as_a_metric_beside_the_suite(tmp_path):
     out = tmp_path / "r.json"
     assert run(["eval", "--model", "minisd", "--suite", "mini-objects", "--limit", "2", "--images-per-prompt", "1",
