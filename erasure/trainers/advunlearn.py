@@ -101,7 +101,8 @@ class AdvUnlearnConfig(ESDConfig):
     # to (retain weight 3 with 64 captions: cross 0.312; 256: 0.844; with siblings: 0.938). 64 retain
     # trajectories per refresh, not 8: with 8 a run only ever saw 64 of the 332 retain prompts, a
     # different 64 per seed, and cross ranged 0.896-0.969 over seeds 0-2; with 64 (retain weight
-    # 3.75; at 3.5 cross was 0.948 at seeds 0 and 1) cross is 0.969 and 0.990 at seeds 0 and 1
+    # 3.75; at 3.5 cross was 0.948 at seeds 0 and 1) cross is 0.969, 0.990, 0.979 at seeds 0-2, and the
+    # default-budget attack breaks 8 and 9 of 24 prompts at seeds 0 and 1 (ESD-x: 18)
     minisd_defaults: ClassVar[dict] = {**ESDConfig.minisd_defaults, "steps": 400, "lr": 5e-5, "retain_weight": 3.75,
                                        "attack_warmup": 100, "adv_tokens": 5, "attack_steps": 20, "attack_lr": 1e-2,
                                        "retain_batch": 16, "retain_siblings": True, "retain_trajectories": 64}
