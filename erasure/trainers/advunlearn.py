@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from ..attacks.soft import soft_prompt_attack
 from ..attacks.text import encode_with_prefix
-from ..concepts import mini_names_concept, mini_sibling_prompts
+from ..concepts import mini_sibling_prompts
 from ..config import doc
 from ..errors import UserError
 from ..registry import register_method
@@ -149,8 +149,7 @@ class AdvUnlearnTrainer(ESDTrainer):
                 raise UserError("--retain-siblings needs MiniSD's world (it knows each concept's siblings); on Stable "
                                 "Diffusion list the prompts to keep in --retain-prompts-file")
             near = [p for k, c in enumerate(cfg.concepts) for p in mini_sibling_prompts(self.forget_prompt_sets[k], c)]
-            # erasing circle and square together: circle's siblings name squares, which must not be kept
-            near = [p for p in near if not any(mini_names_concept(p, c) for c in cfg.concepts)]
+            near = self.without_run_concepts(near)  # erasing circle and square together: circle's siblings are squares
             self.retain_set += [p for p in dict.fromkeys(near) if p not in self.retain_set]
         # θ*'s embeddings of the retain prompts (setup runs before any step, also on resume)
         self.c_retain_frozen = self.embed(self.retain_set)

@@ -150,9 +150,11 @@ class Trainer:
         On MiniSD none names a concept of the run: erasing circle and square together, circle's
         retain captions would otherwise keep the squares."""
         prompts = retain_prompts(concept, self.anchor_of(concept), self.is_minisd, n=n, seed=self.config.seed + 1)
-        if self.is_minisd:
-            prompts = [p for p in prompts if not any(mini_names_concept(p, c) for c in self.config.concepts)]
-        return prompts
+        return self.without_run_concepts(prompts) if self.is_minisd else prompts
+
+    def without_run_concepts(self, prompts: list[str]) -> list[str]:
+        """MiniSD captions that name none of the concepts this run erases."""
+        return [p for p in prompts if not any(mini_names_concept(p, c) for c in self.config.concepts)]
 
     def self_data(self, prompts: list[str], count: int) -> SelfData:
         """`count` latents the untouched base model draws for `prompts` (cached; erasure/selfdata.py)."""
