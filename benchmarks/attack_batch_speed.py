@@ -26,7 +26,7 @@ def main() -> None:
     from erasure.attacks.asr import target_rows
     from erasure.attacks.discrete import DiscreteAttackConfig, discrete_attack, discrete_attack_batch
     from erasure.eval.suites import load_suite
-    from erasure.models import load_pipeline
+    from erasure.pipelines import load_pipeline
 
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)

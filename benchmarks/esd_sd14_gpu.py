@@ -39,7 +39,7 @@ def build_sd14():
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from erasure.models import MINISD_PATH
+    from erasure.model_ref import MINISD_PATH
     from erasure.worlds.mini.nets import SCHEDULER_CONFIG
 
     return StableDiffusionPipeline(
@@ -51,7 +51,7 @@ def build_sd14():
 
 def time_run(method: str, attention: str, steps: int, **overrides) -> tuple[float, float]:
     from erasure.config import EraseConfig
-    from erasure.models import set_attention_backend
+    from erasure.pipelines import set_attention_backend
     from erasure.registry import get_method
 
     pipe = build_sd14().to("cuda")

@@ -24,7 +24,8 @@ def main() -> None:
     import torch
 
     from erasure.eval.attributes import generate
-    from erasure.models import MINISD_PATH, default_sampling, load_pipeline
+    from erasure.model_ref import MINISD_PATH, default_sampling
+    from erasure.pipelines import load_pipeline
 
     walls = []
     for _ in range(args.repeats):

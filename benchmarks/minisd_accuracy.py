@@ -26,7 +26,7 @@ def main() -> None:
     from erasure.eval.suites import load_suite
     from erasure.images import grid
     from erasure.judges.minisd import load_judge
-    from erasure.models import MINISD_PATH, default_sampling
+    from erasure.model_ref import MINISD_PATH, default_sampling
     from erasure.worlds.mini.train import judge_accuracy
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,8 @@ def main() -> None:
 
     import torch
 
-    from erasure.models import load_pipeline, model_sampling
+    from erasure.model_ref import model_sampling
+    from erasure.pipelines import load_pipeline
 
     base_name = "minisd"
     pipes = {"base": (load_pipeline(base_name), model_sampling(base_name)),

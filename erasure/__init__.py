@@ -6,7 +6,7 @@
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["ErasedPipeline", "EraseConfig", "train", "method_names", "get_method", "load_pipeline", "model_sampling",
            "read_manifest", "resolve_model", "is_minisd", "UserError", "TrainingCancelled", "__version__"]
@@ -17,11 +17,11 @@ _LAZY = {
     "EraseConfig": (".config", "EraseConfig"),
     "method_names": (".registry", "method_names"),
     "get_method": (".registry", "get_method"),
-    "load_pipeline": (".models", "load_pipeline"),
-    "model_sampling": (".models", "model_sampling"),
-    "resolve_model": (".models", "resolve_model"),
-    "is_minisd": (".models", "is_minisd"),
-    "read_manifest": (".io", "read_manifest"),
+    "load_pipeline": (".pipelines.loading", "load_pipeline"),
+    "model_sampling": (".model_ref", "model_sampling"),
+    "resolve_model": (".model_ref", "resolve_model"),
+    "is_minisd": (".worlds", "is_minisd"),
+    "read_manifest": (".erasure_files", "read_manifest"),
     "UserError": (".errors", "UserError"),
     "TrainingCancelled": (".trainers.base", "TrainingCancelled"),
 }

@@ -28,14 +28,14 @@ def _sampling_flags(args) -> dict:
 
 
 def _sampling(args, model) -> dict:
-    from .models import model_sampling
+    from .model_ref import model_sampling
     return {**model_sampling(model), **_sampling_flags(args)}  # a one-step erasure (SFD): 1 step, guidance 1
 
 
 def cmd_generate(args) -> int:
     from .images import grid, save_png
     from .eval.attributes import generate
-    from .models import load_pipeline
+    from .pipelines import load_pipeline
 
     _positive("num-images", args.num_images)
     if not args.prompt.strip():
@@ -51,7 +51,7 @@ def cmd_generate(args) -> int:
 
 
 def _cache_root(args) -> Path:
-    from .io_utils import cache_home
+    from .files import cache_home
     if args.cache:
         return Path(args.cache)
     if args.out:
@@ -61,7 +61,7 @@ def _cache_root(args) -> Path:
 
 def _erased_concept(model) -> str | None:
     """The concept an erasure folder erased (one only; several give None)."""
-    from .io import is_erasure_dir, read_manifest
+    from .erasure_files import is_erasure_dir, read_manifest
 
     if model and Path(str(model)).is_dir() and is_erasure_dir(model):
         concept = read_manifest(model)["concept"]
@@ -74,7 +74,7 @@ def cmd_eval(args) -> int:
     from .eval.runner import evaluate
     from .eval.suites import custom_suite, load_suite
     from .images import grid, save_png
-    from .io_utils import write_json
+    from .files import write_json
 
     if bool(args.suite) == bool(args.prompts):
         raise UserError("give exactly one of --suite NAME or --prompts FILE.csv (erasure eval --help lists the suites)")
@@ -150,29 +150,65 @@ def cmd_eval(args) -> int:
 TRAIN_OWN_FLAGS = ("method", "model", "out", "config", "resume")
 
 
-def _config_flags(parser: argparse.ArgumentParser) -> None:
+def _method_in(argv: list[str]) -> str:
+    """The method an `erasure train` command line asks for (--method, else its --config YAML's,
+    else esd-x): whose settings `--help` shows."""
+    method, config = None, None
+    for i, word in enumerate(argv):
+        for flag in ("--method", "--config"):
+            value = argv[i + 1] if word == flag and i + 1 < len(argv) else (
+                word.split("=", 1)[1] if word.startswith(flag + "=") else None)
+            if value is not None and flag == "--method":
+                method = value
+            elif value is not None:
+                config = value
+    if method is None and config:
+        try:
+            import yaml
+            method = (yaml.safe_load(Path(config).read_text()) or {}).get("method")
+        except Exception:  # noqa: BLE001 (a bad YAML is reported when the command runs)
+            method = None
+    return str(method or "esd-x")
+
+
+def _config_flags(parser: argparse.ArgumentParser, shown_method: str = "esd-x") -> None:
     """One flag per config field over every registered method, default SUPPRESS so that only
-    what the user typed overrides the yaml and the defaults."""
+    what the user typed overrides the yaml and the defaults. `--help` shows the settings every
+    method shares and those of `shown_method`, each once, with that method's defaults (and its
+    MiniSD default where it differs); the others' flags parse (to give a one-line error naming
+    the method they belong to) but stay hidden."""
     import dataclasses
 
-    from .config import field_types
+    from .config import EraseConfig, field_types
     from .registry import get_method, method_names
 
+    try:
+        spec = get_method(shown_method)
+        paper, mini = spec.default_config(), spec.default_config("minisd")
+        shown = {f.name for f in dataclasses.fields(spec.config_cls)}
+    except UserError:  # an unknown --method is reported when the command runs
+        spec, paper, mini, shown = None, None, None, set()
+    shared = parser.add_argument_group("settings of every method")
+    own = parser.add_argument_group(f"{spec.name} settings" if spec else "method settings")
+    base_fields = {f.name for f in dataclasses.fields(EraseConfig)}
     seen: set[str] = set()
-    for name in method_names():
+    for name in ([spec.name] if spec else []) + method_names():  # the shown method's own help texts first
         cls = get_method(name).config_cls
-        group = None
         for f in dataclasses.fields(cls):
             if f.name in seen or f.name in ("method", "base_model"):
                 continue
             seen.add(f.name)
-            if group is None:
-                group = parser.add_argument_group(f"{cls.__name__} settings")
             kind = field_types(cls)[f.name]
+            if f.name in shown:
+                default = getattr(paper, f.name)
+                text = f"default: {default}" + ("" if getattr(mini, f.name) == default else
+                                                f"; MiniSD: {getattr(mini, f.name)}")
+                help_text = f"{f.metadata.get('help', '')} ({text})".replace("%", "%%")
+            else:
+                help_text = argparse.SUPPRESS
+            group = shared if f.name in base_fields else own
             group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind if kind in (int, float, str) else str,
-                               default=argparse.SUPPRESS, help=f"{f.metadata.get('help', '')} (default: {f.default}"
-                               + ("" if f.name not in ("steps", "lr", "target", "batch_size") else "; per method: erasure ls")
-                               + ")")
+                               default=argparse.SUPPRESS, help=help_text)
 
 
 def _train_config(args) -> "EraseConfig":  # noqa: F821
@@ -205,31 +241,29 @@ def _train_config(args) -> "EraseConfig":  # noqa: F821
 
 
 def _check_concept_known(config) -> None:
-    from .models import MINISD_PATH, resolve_model
-    from .worlds.mini.world import COLORS, OBJECTS, STYLES, parse_caption
+    """Every concept of the run is one the base model's world can erase (a one-line error if not)."""
+    from .worlds import world_for
 
-    if resolve_model(config.base_model).resolve() != MINISD_PATH.resolve():
-        return
+    world = world_for(config.base_model)
     for concept in config.concepts:
-        if not any(parse_caption(concept).values()):
-            raise UserError(f"MiniSD does not know the concept '{concept}' (it draws objects {', '.join(OBJECTS)}; colours "
-                            f"{', '.join(COLORS)}; styles {', '.join(STYLES)}); to erase it from Stable Diffusion, pass "
-                            "--model /path/to/stable-diffusion-folder")
+        world.check_concept(concept)
 
 
 def cmd_train(args) -> int:
     from .compare import write_comparison
     from .registry import get_method
 
+    from .erasure_files import CONFIG_NAME, WEIGHTS_NAME
+
     config = _train_config(args)
     _check_concept_known(config)
     out = Path(args.out)
-    if not args.resume and (out / "erasure_config.json").exists():
+    if not args.resume and (out / CONFIG_NAME).exists():
         raise UserError(f"{out} already holds an erasure; choose a new --out or delete it")
     trainer = get_method(config.method).trainer_cls(config)
     trainer.train(out, resume=args.resume)
     grid_path = write_comparison(out, config, trainer.pipe.device)
-    print(f"erasure written to {out}/ (erasure_config.json, erasure_model.safetensors)\n"
+    print(f"erasure written to {out}/ ({CONFIG_NAME}, {WEIGHTS_NAME})\n"
           f"before/after grid: {grid_path}\n"
           f"use it: ErasedPipeline.from_pretrained('{out}')  or  erasure generate --model {out} --prompt ...")
     return 0
@@ -241,7 +275,7 @@ def _export(erasure_dir: str, out_dir: str, part, extra_json: dict[str, dict] | 
     (nothing half-written under the name)."""
     import shutil
 
-    from .io_utils import write_json
+    from .files import write_json
     from .pipelines import ErasedPipeline
 
     out = Path(out_dir)
@@ -260,8 +294,8 @@ def _export(erasure_dir: str, out_dir: str, part, extra_json: dict[str, dict] | 
 
 
 def cmd_export(args) -> int:
-    from .io import read_manifest
-    from .models import ONE_STEP_SAMPLING, SAMPLING_FILE
+    from .erasure_files import read_manifest
+    from .model_ref import ONE_STEP_SAMPLING, SAMPLING_FILE
 
     manifest = read_manifest(args.erasure_dir)
     one_step = bool((manifest.get("sampling") or {}).get("one_step"))
@@ -279,7 +313,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_export_text_encoder(args) -> int:
-    from .io import read_manifest
+    from .erasure_files import read_manifest
 
     manifest = read_manifest(args.erasure_dir)
     if not any(k.startswith("text_encoder.") for k in manifest["changed_tensors"]):
@@ -360,7 +394,7 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="erasure", description="Erase concepts from text-to-image diffusion models.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -408,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="folder for the erasure files")
     t.add_argument("--config", default=None, help="YAML file of settings (flags override it)")
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    _config_flags(t)
+    _config_flags(t, _method_in(list(sys.argv[1:] if argv is None else argv)))
     t.set_defaults(func=cmd_train)
 
     x = sub.add_parser("export", help="write an erasure as a complete standard diffusers folder")
@@ -478,7 +512,7 @@ def cmd_ls(args) -> int:
     from .targets import target_names
     for name in method_names():
         spec = get_method(name)
-        paper, mini = spec.default_config(), spec.default_config(minisd=True)
+        paper, mini = spec.default_config(), spec.default_config("minisd")
         print(f"{name:13s} {spec.description}\n{'':13s} trains {paper.target}; defaults: {paper.steps} steps, lr {paper.lr:g}"
               f" (MiniSD: {mini.steps} steps, lr {mini.lr:g})")
     print("weight presets:", ", ".join(target_names()))
@@ -490,7 +524,7 @@ def cmd_ls(args) -> int:
 
 
 def run(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     if args.command == "bench":  # the report shows the command that made it
         args.argv = list(sys.argv[1:] if argv is None else argv)
     try:

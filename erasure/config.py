@@ -26,9 +26,9 @@ def doc(help: str, **kw) -> Any:
 class EraseConfig:
     method: str = doc("registered method name, e.g. esd-x", default="")
     concept: str = doc("concept(s) to erase; several separated by commas: 'circle, star'", default="")
-    concept_prompts: str = doc("prompts that express the concept in training: auto (MiniSD: its captions naming the "
-                               "concept; other models: the concept text), word (the concept text only), or a "
-                               ".txt/.csv prompt file (erasure/concepts.py)", default="auto")
+    concept_prompts: str = doc("prompts that express the concept in training: auto (the model's world decides: "
+                               "MiniSD, its captions naming the concept; Stable Diffusion, the concept text), word "
+                               "(the concept text only), or a .txt/.csv prompt file (erasure/worlds/)", default="auto")
     anchor: str = doc("what the concept should become (methods with an anchor; empty = the method's default)", default="")
     base_model: str = doc("'minisd', a diffusers Stable Diffusion folder, or a cached hub id", default="minisd")
     target: str = doc("weight preset that trains (see erasure/targets.py)", default="")
@@ -47,10 +47,11 @@ class EraseConfig:
     attention: str = doc("attention backend: auto (xformers on CUDA if installed, else SDPA), xformers, sdpa", default="auto")
     checkpoint_every: int = doc("save a resumable checkpoint every N steps (0 = never)", default=100)
 
-    # Defaults that differ by model or concept, applied under what the user set (from_dict):
-    # MiniSD is ~200x smaller than SD 1.4 and its runs must finish in minutes on a CPU; some
-    # papers give per-concept-type defaults (SalUn: nudity vs classes).
-    minisd_defaults: ClassVar[dict[str, Any]] = {}
+    # Defaults that differ by world or concept, applied under what the user set (from_dict):
+    # world_defaults[world name] (erasure/worlds/: MiniSD, "mini", is ~200x smaller than SD 1.4
+    # and its runs must finish in minutes on a CPU); concept_defaults[the world's name of the
+    # concept] (some papers give per-concept-type defaults, SalUn: nudity vs classes).
+    world_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
     concept_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __post_init__(self) -> None:
@@ -93,18 +94,21 @@ class EraseConfig:
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> "EraseConfig":
-        """Build the right subclass for data["method"]; unknown keys are an error, not ignored."""
+        """Build the right subclass for data["method"]; unknown keys are an error, not ignored.
+        Layers, lowest first: the class's defaults, the method name's presets, the base model's
+        world's defaults, the concept's defaults, then `data`."""
         from .registry import get_method
+        from .worlds import world_for
         spec = get_method(data.get("method", ""))
         known = {f.name for f in dataclasses.fields(spec.config_cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise UserError(f"unknown setting(s) for method {spec.name}: {', '.join(unknown)}")
         cls = spec.config_cls
-        layered = dict(spec.defaults)
-        if str(data.get("base_model", "minisd")).strip().lower() == "minisd":
-            layered |= cls.minisd_defaults
-        layered |= cls.concept_defaults.get(str(data.get("concept", "")).strip().lower(), {})
+        world = world_for(str(data.get("base_model", "minisd")).strip())
+        layered = dict(spec.defaults) | world.method_defaults(cls)
+        concept = str(data.get("concept", "")).strip()
+        layered |= cls.concept_defaults.get(world.canonical(concept) or concept.lower(), {})
         return cls(**{**layered, **data, "method": spec.name})
 
     @staticmethod

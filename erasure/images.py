@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .io_utils import atomic_path
+from .files import atomic_path
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:

@@ -1,8 +1,10 @@
 """Methods registered by name: one config class + one trainer class each (peft's habit).
-Third-party packages add methods through the `erasure.methods` entry point (erasure/plugins.py).
 
-A method file ends with `register_method("esd-x", ESDConfig, ESDTrainer, target="esd-x")`; names
-are lower-case and unique, and an unknown name fails at once with the list of known ones.
+A leaf: method files import it and register into it; it imports no method. A method file ends
+with `register_method("esd-x", ESDConfig, ESDTrainer, target="esd-x")`; names are lower-case and
+unique, and an unknown name fails at once with the list of known ones. The built-in methods are
+found like plug-ins, by module name (`BUILTIN_MODULES`, imported on first lookup), and
+third-party packages add theirs through the `erasure.methods` entry point (erasure/plugins.py).
 """
 from __future__ import annotations
 
@@ -26,10 +28,10 @@ class MethodSpec:
         doc = sys.modules[self.trainer_cls.__module__].__doc__ or ""
         return doc.strip().splitlines()[0].rstrip(".") if doc.strip() else ""
 
-    def default_config(self, minisd: bool = False) -> Any:
-        """The config with every default (the paper's, or MiniSD's column), concept left as 'x'."""
-        from .config import EraseConfig
-        return EraseConfig.from_dict({"method": self.name, "concept": "x", "base_model": "minisd" if minisd else "sd"})
+    def default_config(self, base_model: str = "sd") -> Any:
+        """The config with every default for `base_model` (its world's column; a name that is no
+        model folder gets the papers' defaults), concept left as 'x'."""
+        return self.config_cls.from_dict({"method": self.name, "concept": "x", "base_model": base_model})
 
 
 _METHODS: dict[str, MethodSpec] = {}
@@ -43,8 +45,15 @@ def register_method(name: str, config_cls: type, trainer_cls: type, **defaults: 
     _METHODS[name] = MethodSpec(name, config_cls, trainer_cls, defaults)
 
 
+# the modules that register the built-in methods (each registers itself on import)
+BUILTIN_MODULES = ("erasure.trainers.esd", "erasure.trainers.salun", "erasure.trainers.doco",
+                   "erasure.trainers.advunlearn", "erasure.trainers.sfd")
+
+
 def _load_builtin_methods() -> None:
-    from . import trainers  # noqa: F401  (each module registers itself on import)
+    import importlib
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
 
 
 def _add_plugin(name: str, obj: Any) -> None:

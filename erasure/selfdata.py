@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .io_utils import cache_home, load_tensors, save_tensors
+from .files import cache_home, load_tensors, save_tensors
 
 FORMAT = 1
 

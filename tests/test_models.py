@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from erasure.errors import UserError
-from erasure.models import MINISD_PATH, default_sampling, load_pipeline, resolve_model
+from erasure.model_ref import MINISD_PATH, default_sampling, resolve_model
+from erasure.pipelines import load_pipeline
 
 
 def test_tiny_sd_folder_round_trips_through_the_user_loading_path(tiny_sd_dir):

@@ -8,8 +8,8 @@ import torch
 from erasure.cli import run
 from erasure.config import EraseConfig
 from erasure.errors import UserError
-from erasure.io import CONFIG_NAME, WEIGHTS_NAME
-from erasure.io_utils import load_tensors
+from erasure.erasure_files import CONFIG_NAME, WEIGHTS_NAME
+from erasure.files import load_tensors
 from erasure.pipelines import ErasedPipeline, OneStepScheduler
 from erasure.trainers.sfd import SFDTrainer, sid_generator_loss
 
@@ -210,7 +210,7 @@ def test_two_stage_distils_once_and_reuses_the_cached_generator(tiny_sd_dir, tmp
 def test_export_is_a_diffusers_folder_that_samples_the_same_image_in_one_step(sfd_dir, tmp_path, capsys):
     from diffusers import StableDiffusionPipeline
 
-    from erasure.models import is_one_step, model_sampling
+    from erasure.model_ref import is_one_step, model_sampling
 
     out, _ = sfd_dir
     assert run(["export", str(out), "--out", str(tmp_path / "full")]) == 0

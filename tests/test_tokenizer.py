@@ -1,6 +1,6 @@
 from transformers import CLIPTokenizer
 
-from erasure.models import MINISD_PATH
+from erasure.model_ref import MINISD_PATH
 from erasure.worlds.mini.tokenizer import build_clip_tokenizer_files
 
 # The real CLIP tokenizer's ids for this prompt (openai/clip-vit-large-patch14).

@@ -8,7 +8,7 @@ import torch
 
 from erasure.config import EraseConfig
 from erasure.errors import UserError
-from erasure.io import CONFIG_NAME, WEIGHTS_NAME
+from erasure.erasure_files import CONFIG_NAME, WEIGHTS_NAME
 from erasure.pipelines import ErasedPipeline
 from erasure.registry import get_method, method_names
 from erasure.targets import TARGETS
@@ -55,7 +55,7 @@ def test_only_the_presets_weights_change(method, tiny_sd_dir, tmp_path):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_save_then_load_onto_a_fresh_base_reproduces_outputs(method, tiny_sd_dir, tmp_path):
-    from erasure.models import is_one_step
+    from erasure.model_ref import is_one_step
 
     trainer = trainer_for(make_config(method, tiny_sd_dir))
     trainer.train(tmp_path / "out")
@@ -119,8 +119,10 @@ def test_esd_target_is_the_papers_equation(tiny_sd_dir):
 def test_siblings_baseline_averages_the_concepts_siblings():
     """MiniSD's ESD baseline: c_0 is each forget prompt with the concept replaced by every other
     object, their predictions averaged; the target is Eq. 3 from that mean."""
-    from erasure.concepts import mini_siblings, mini_substitute
     from erasure.sampling import encode_prompts
+    from erasure.worlds import get_world
+
+    mini_siblings, mini_substitute = get_world("mini").siblings, get_world("mini").substitute
 
     assert mini_siblings("circle") == ["square", "triangle", "star", "heart", "cross"]
     assert "red" not in mini_siblings("red") and len(mini_siblings("red")) >= 3
@@ -147,42 +149,47 @@ def test_siblings_baseline_needs_minisd(tiny_sd_dir):
 
 
 def test_minisd_concepts_train_on_world_captions_never_on_evaluation_prompts():
-    from erasure.concepts import _mini_eval_prompts, concept_prompts
+    from erasure.worlds import get_world
+    from erasure.worlds.mini.concepts import evaluation_prompts as _mini_eval_prompts
     from erasure.worlds.mini.world import parse_caption
 
-    prompts = concept_prompts("circle", "auto", is_minisd=True, n=64)
+    mini, sd = get_world("mini"), get_world("stable-diffusion")
+    prompts = mini.concept_prompts("circle", "auto", n=64)
     assert prompts[0] == "circle" and len(set(prompts)) == 64
     assert all(parse_caption(p)["object"] == "circle" for p in prompts)
     assert any("disk" in p or "round shape" in p or "disc" in p for p in prompts)  # synonyms are expressed
     assert not set(p.lower() for p in prompts) & _mini_eval_prompts()
-    assert concept_prompts("circle", "auto", is_minisd=False) == ["circle"]  # SD: the papers' recipe
-    assert concept_prompts("circle", "word", is_minisd=True) == ["circle"]
+    assert sd.concept_prompts("circle", "auto") == ["circle"]  # SD: the papers' recipe
+    assert mini.concept_prompts("circle", "word") == ["circle"]
 
 
 def test_minisd_retain_captions_name_no_part_of_the_concept_and_grow_as_asked():
-    from erasure.concepts import _mini_eval_prompts, retain_prompts
+    from erasure.worlds import get_world
+    from erasure.worlds.mini.concepts import evaluation_prompts as _mini_eval_prompts
     from erasure.worlds.mini.world import parse_caption
 
-    small, large = (retain_prompts("circle", "square", is_minisd=True, n=n) for n in (64, 256))
+    small, large = (get_world("mini").retain_prompts("circle", "square", n=n) for n in (64, 256))
     assert len(set(large)) == 256 and large[:64] == small  # a larger set extends the default one (same seed)
     assert not any(parse_caption(p)["object"] == "circle" for p in large)
     assert {parse_caption(p)["object"] for p in large} == {"square", "triangle", "star", "heart", "cross"}
     assert not set(p.lower() for p in large) & _mini_eval_prompts()
-    assert retain_prompts("circle", "square", is_minisd=False) == ["square"]
+    assert get_world("stable-diffusion").retain_prompts("circle", "square") == ["square"]
 
 
 def test_advunlearn_retain_set_on_minisd_follows_retain_captions():
-    from erasure.concepts import retain_prompts
+    from erasure.worlds import get_world
     from erasure.worlds.mini.world import parse_caption
+
+    retain_prompts = get_world("mini").retain_prompts
 
     def retain_set(**kw):
         return trainer_for(EraseConfig.from_dict({"method": "advunlearn", "concept": "circle", "base_model": "minisd",
                                                   "steps": 1, "checkpoint_every": 0, **kw})).retain_set
 
     captions = retain_set(retain_siblings=False)
-    assert captions == retain_prompts("circle", "square", is_minisd=True, n=64, seed=1)  # default: 64, seed + 1
+    assert captions == retain_prompts("circle", "square", n=64, seed=1)  # default: 64, seed + 1
     assert retain_set(retain_captions=100, seed=3, retain_siblings=False) == retain_prompts(
-        "circle", "square", is_minisd=True, n=100, seed=4)
+        "circle", "square", n=100, seed=4)
     with_siblings = retain_set()  # MiniSD's default adds the siblings of the forget prompts
     assert with_siblings[:64] == captions and len(with_siblings) > 64 + 200
     both = retain_set(concept="circle, square")  # erased together: nothing kept names either
@@ -206,10 +213,11 @@ def test_minisd_retain_prompts_never_keep_a_concept_of_the_run():
 
 
 def test_minisd_sibling_prompts_replace_the_concept_by_each_sibling():
-    from erasure.concepts import _mini_eval_prompts, mini_sibling_prompts
+    from erasure.worlds import get_world
+    from erasure.worlds.mini.concepts import evaluation_prompts as _mini_eval_prompts
     from erasure.worlds.mini.world import parse_caption
 
-    near = mini_sibling_prompts(["a polka-dot green disk", "a red circle, striped style"], "circle")
+    near = get_world("mini").sibling_prompts(["a polka-dot green disk", "a red circle, striped style"], "circle")
     expected = [f"a polka-dot green {o}" for o in ("square", "triangle", "star", "heart", "cross")] + [
         f"a red {o}, striped style" for o in ("square", "triangle", "star", "heart", "cross")]
     assert near == [p for p in expected if p not in _mini_eval_prompts()] and len(near) >= 8
@@ -222,15 +230,16 @@ def test_retain_siblings_off_minisd_is_a_one_line_error(tiny_sd_dir):
 
 
 def test_concept_prompt_file(tmp_path):
-    from erasure.concepts import concept_prompts
+    from erasure.worlds import get_world
 
+    concept_prompts = get_world("stable-diffusion").concept_prompts
     (tmp_path / "p.txt").write_text("a nude person\n\nnudity\n")
-    assert concept_prompts("nudity", str(tmp_path / "p.txt"), is_minisd=False) == ["a nude person", "nudity"]
+    assert concept_prompts("nudity", str(tmp_path / "p.txt")) == ["a nude person", "nudity"]
     (tmp_path / "p.csv").write_text("text\nfoo\n")
     with pytest.raises(UserError, match="has no 'prompt' column"):
-        concept_prompts("nudity", str(tmp_path / "p.csv"), is_minisd=False)
+        concept_prompts("nudity", str(tmp_path / "p.csv"))
     with pytest.raises(UserError, match="no file at"):
-        concept_prompts("nudity", str(tmp_path / "missing.txt"), is_minisd=False)
+        concept_prompts("nudity", str(tmp_path / "missing.txt"))
 
 
 @pytest.mark.parametrize("settings, message", [
@@ -265,7 +274,7 @@ def test_erasure_onto_a_mismatched_base_lists_the_tensors(tiny_sd_dir, tmp_path)
     from tiny import build_tiny_pipeline
     other = build_tiny_pipeline()
     other.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn2.to_k = torch.nn.Linear(32, 8, bias=False)
-    from erasure.io import apply_erasure
+    from erasure.erasure_files import apply_erasure
     with pytest.raises(UserError, match=r"does not fit the base model \(1 tensor\(s\): unet.down_blocks.1.*to_k.weight"):
         apply_erasure(other, tmp_path / "out")
 
@@ -274,7 +283,7 @@ def test_a_different_base_warns(tiny_sd_dir, tmp_path):
     trainer_for(make_config("esd-x-strict", tiny_sd_dir, steps=1)).train(tmp_path / "out")
     from tiny import build_tiny_pipeline
     other = build_tiny_pipeline(seed=1)
-    from erasure.io import apply_erasure
+    from erasure.erasure_files import apply_erasure
     with pytest.warns(UserWarning, match="base model differs"):
         apply_erasure(other, tmp_path / "out")
 
@@ -297,7 +306,7 @@ def test_broken_erasure_folders_are_clear_errors(damage, message, tiny_sd_dir, t
 
 
 def test_pickle_weights_are_refused(tmp_path):
-    from erasure.io_utils import load_tensors
+    from erasure.files import load_tensors
     bad = tmp_path / "model.pt"
     bad.write_bytes(b"\x80\x04not really")
     with pytest.raises(ValueError, match="pickle checkpoint, which erasure never loads"):
@@ -352,8 +361,8 @@ def test_cosine_schedule_decays_the_learning_rate_and_resumes_exactly(tiny_sd_di
 
 
 def test_ema_weights_are_saved_and_resume_exactly(tiny_sd_dir, tmp_path):
-    from erasure.io import WEIGHTS_NAME
-    from erasure.io_utils import load_tensors
+    from erasure.erasure_files import WEIGHTS_NAME
+    from erasure.files import load_tensors
 
     plain = trainer_for(make_config("esd-x", tiny_sd_dir, steps=4))
     plain.train(tmp_path / "plain")

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from ..eval.attributes import image_seed
 from ..eval.suites import Row
-from ..io_utils import write_json
+from ..files import write_json
 from .discrete import DiscreteAttackConfig, discrete_attack_batch
 from .judges import concept_judge
 

@@ -47,9 +47,9 @@ from typing import Any
 
 import torch
 
-from .. import __version__
+from ..version import __version__
 from ..errors import UserError
-from ..io_utils import write_json
+from ..files import write_json
 from .bench_sets import MiniSDProtocol, SDProtocol
 
 FORMAT = "erasure-bench/1"
@@ -306,7 +306,7 @@ def train_erasure(settings: BenchSettings, method: str, concept: str, log: Calla
     """Train (or reuse) one erasure: OUT/erasures/<method>/<concept>/. Trains in a .partial
     folder with checkpoints (a killed run resumes there) and renames it when done, with
     train.json beside the erasure files (wall time, peak memory, parameters)."""
-    from ..io import is_erasure_dir, read_manifest
+    from ..erasure_files import is_erasure_dir, read_manifest
     from ..registry import get_method
     from ..trainers.base import CHECKPOINT_DIR
 
@@ -546,7 +546,7 @@ class Bench:
         return out
 
     def _label_of(self, model) -> str:
-        from ..io import is_erasure_dir, read_manifest
+        from ..erasure_files import is_erasure_dir, read_manifest
         return read_manifest(model)["method"] if Path(str(model)).is_dir() and is_erasure_dir(model) else BASE
 
     def discrete_attack(self, model, concept: str, folder: Path) -> dict:
@@ -589,8 +589,8 @@ class Bench:
         reading only the needed tensors from the base's safetensors files (None without them)."""
         from safetensors import safe_open
 
-        from ..io import WEIGHTS_NAME
-        from ..io_utils import load_tensors
+        from ..erasure_files import WEIGHTS_NAME
+        from ..files import load_tensors
         from ..models import resolve_model
 
         tensors = load_tensors(Path(model) / WEIGHTS_NAME)

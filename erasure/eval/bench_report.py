@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from ..images import grid
-from ..io_utils import atomic_path
+from ..files import atomic_path
 from .bench import BASE, DIMENSIONS
 from .report import _png_data_uri
 

@@ -61,7 +61,7 @@ def spread(items: list, n: int) -> list:
 
 
 def write_csv(path: Path, rows: list[dict], columns: list[str]) -> Path:
-    from ..io_utils import atomic_path
+    from ..files import atomic_path
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         w.writeheader()

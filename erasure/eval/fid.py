@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
-from ..io_utils import PICKLE_SUFFIXES, load_tensors
+from ..files import PICKLE_SUFFIXES, load_tensors
 from .metrics import Metric, register_metric
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -267,7 +267,7 @@ def load_inception(weights: str | Path | None, device: str = "cpu") -> tuple[tor
     path = Path(weights)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         try:
-            load_tensors(path)  # raises the io_utils pickle message
+            load_tensors(path)  # raises the files pickle message
         except ValueError as e:
             raise UserError(str(e)) from e
     if not path.is_file():

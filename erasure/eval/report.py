@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..images import grid
-from ..io_utils import atomic_path
+from ..files import atomic_path
 
 # the number a group's bar shows, by metric (first one present wins)
 GROUP_KEYS = ["object_acc", "nude", "clip_score"]

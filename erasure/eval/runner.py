@@ -20,7 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from .. import __version__
+from ..version import __version__
 from ..errors import UserError
 from ..images import save_png
 from .attributes import image_seed
@@ -31,7 +31,7 @@ from .suites import Row, Suite
 def model_key(model: str | Path) -> str:
     """Identity of a model for the cache: its resolved folder, and for an erasure the hash of its
     weights file (retraining into the same folder must not reuse stale images)."""
-    from ..io import WEIGHTS_NAME, is_erasure_dir
+    from ..erasure_files import WEIGHTS_NAME, is_erasure_dir
     from ..models import resolve_model
 
     path = Path(str(model))
@@ -106,7 +106,7 @@ def evaluate(model: str | Path, suite: Suite, cache_root: Path, seed: int = 0, l
              metric_settings: dict[str, dict] | None = None, sampling: dict | None = None, device: str | None = None,
              make: Callable | None = None, batch_size: int = 32) -> tuple[dict, torch.Tensor, list[Row]]:
     """Generate (cached) and score one model on one suite. Returns (results, images, rows)."""
-    from ..io import is_erasure_dir, read_manifest
+    from ..erasure_files import is_erasure_dir, read_manifest
     from ..models import is_one_step, load_pipeline, model_sampling
 
     rows = suite.rows(limit)

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..io_utils import load_tensors
+from ..files import load_tensors
 from ..worlds.mini.nets import Judge
 from ..worlds.mini.world import COLORS, OBJECTS, STYLES
 

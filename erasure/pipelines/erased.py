@@ -5,7 +5,7 @@
     image = pipe("a red circle").images[0]
 
 In every other respect it is a StableDiffusionPipeline (call signature, schedulers, `.to()`,
-dtype). Given a plain Stable Diffusion folder (or 'minisd') it loads that unchanged.
+dtype). Given a plain Stable Diffusion folder (or a shipped model's name) it loads that unchanged.
 
 One-step erasures (SFD: the manifest says `"sampling": {"one_step": true, "t_init": ...}`) get
 a `OneStepScheduler` and sample in ONE UNet call: `pipe("a red circle")` defaults to
@@ -23,8 +23,8 @@ from pathlib import Path
 from diffusers import StableDiffusionPipeline
 
 from ..errors import UserError
-from ..io import apply_erasure, is_erasure_dir, read_manifest
-from ..models import resolve_model
+from ..erasure_files import apply_erasure, is_erasure_dir, read_manifest
+from ..model_ref import resolve_model
 from .one_step import OneStepScheduler
 
 _CALL_ARGS = list(inspect.signature(StableDiffusionPipeline.__call__).parameters)[1:]

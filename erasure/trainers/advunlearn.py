@@ -47,9 +47,9 @@ import torch.nn.functional as F
 
 from ..attacks.soft import soft_prompt_attack
 from ..attacks.text import encode_with_prefix
-from ..concepts import mini_sibling_prompts
 from ..config import doc
 from ..errors import UserError
+from ..prompt_files import read_prompts
 from ..registry import register_method
 from .esd import ESDConfig, ESDTrainer
 
@@ -103,9 +103,10 @@ class AdvUnlearnConfig(ESDConfig):
     # different 64 per seed, and cross ranged 0.896-0.969 over seeds 0-2; with 64 (retain weight
     # 3.75; at 3.5 cross was 0.948 at seeds 0 and 1) cross is 0.969, 0.990, 0.979 at seeds 0-2, and the
     # default-budget attack breaks 8 and 9 of 24 prompts at seeds 0 and 1 (ESD-x: 18)
-    minisd_defaults: ClassVar[dict] = {**ESDConfig.minisd_defaults, "steps": 400, "lr": 5e-5, "retain_weight": 3.75,
-                                       "attack_warmup": 100, "adv_tokens": 5, "attack_steps": 20, "attack_lr": 1e-2,
-                                       "retain_batch": 16, "retain_siblings": True, "retain_trajectories": 64}
+    world_defaults: ClassVar[dict] = {"mini": {**ESDConfig.world_defaults["mini"], "steps": 400, "lr": 5e-5,
+                                               "retain_weight": 3.75, "attack_warmup": 100, "adv_tokens": 5,
+                                               "attack_steps": 20, "attack_lr": 1e-2, "retain_batch": 16,
+                                               "retain_siblings": True, "retain_trajectories": 64}}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -138,17 +139,17 @@ class AdvUnlearnTrainer(ESDTrainer):
         super().setup()  # ESD: frozen UNet (= the UNet, which never trains), concept prompts, c_0, trajectories
         cfg: AdvUnlearnConfig = self.config
         if cfg.retain_prompts_file:
-            from ..concepts import _read_prompt_file
-            self.retain_set = _read_prompt_file(Path(cfg.retain_prompts_file))
-        elif self.is_minisd:
+            self.retain_set = read_prompts(cfg.retain_prompts_file, "--retain-prompts-file")
+        elif self.world.captions:  # the world's own captions of everything else (MiniSD)
             self.retain_set = [p for c in cfg.concepts for p in self.retain_prompts(c, cfg.retain_captions)]
         else:
             self.retain_set = [line.strip() for line in COCO_RETAIN.read_text().splitlines() if line.strip()]
         if cfg.retain_siblings:
-            if not self.is_minisd:
+            if not self.world.captions:
                 raise UserError("--retain-siblings needs MiniSD's world (it knows each concept's siblings); on Stable "
                                 "Diffusion list the prompts to keep in --retain-prompts-file")
-            near = [p for k, c in enumerate(cfg.concepts) for p in mini_sibling_prompts(self.forget_prompt_sets[k], c)]
+            near = [p for k, c in enumerate(cfg.concepts)
+                    for p in self.world.sibling_prompts(self.forget_prompt_sets[k], c)]
             near = self.without_run_concepts(near)  # erasing circle and square together: circle's siblings are squares
             self.retain_set += [p for p in dict.fromkeys(near) if p not in self.retain_set]
         # θ*'s embeddings of the retain prompts (setup runs before any step, also on resume)

@@ -22,12 +22,13 @@ from tqdm.auto import tqdm
 
 from ..config import EraseConfig
 from ..errors import UserError
-from ..io import base_tensors, hash_tensors, save_erasure
-from ..io_utils import (load_tensors, optimizer_from_tensors, optimizer_to_tensors, python_rng_state, save_tensors,
+from ..erasure_files import base_tensors, hash_tensors, save_erasure
+from ..files import (load_tensors, optimizer_from_tensors, optimizer_to_tensors, python_rng_state, save_tensors,
                         set_python_rng_state, write_json)
-from ..concepts import concept_prompts, default_anchor, mini_names_concept, mini_substitute, retain_prompts
-from ..models import default_sampling, is_minisd, load_pipeline, pick_device, resolve_model
+from ..model_ref import default_sampling, resolve_model
+from ..pipelines.loading import load_pipeline, pick_device
 from ..selfdata import SelfData, self_generated
+from ..worlds import World, world_for
 from ..sampling import add_noise, encode_prompts
 from ..targets import select_parameters
 
@@ -55,7 +56,8 @@ class Trainer:
         self.device = pick_device(config.device)
         self.base_path = resolve_model(config.base_model) if pipe is None else Path(getattr(pipe, "name_or_path", "") or ".")
         self.pipe = pipe if pipe is not None else load_pipeline(self.base_path, device=self.device, attention=config.attention)
-        self.is_minisd = is_minisd(self.base_path)
+        # what the base model's family knows about its concepts (erasure/worlds/)
+        self.world: World = world_for(self.base_path)
         self.pipe.to(self.device)
         self.unet, self.text_encoder, self.tokenizer = self.pipe.unet, self.pipe.text_encoder, self.pipe.tokenizer
         self.alphas_cumprod = self.pipe.scheduler.alphas_cumprod.to(self.device)
@@ -126,35 +128,33 @@ class Trainer:
             return encode_prompts(self.tokenizer, self.text_encoder, prompts, self.device, grad=grad)
 
     def forget_prompts(self, concept: str) -> list[str]:
-        """The prompts that express `concept` in training (erasure/concepts.py)."""
-        return concept_prompts(concept, self.config.concept_prompts, self.is_minisd, seed=self.config.seed)
+        """The prompts that express `concept` in training (the world's, erasure/worlds/)."""
+        return self.world.concept_prompts(concept, self.config.concept_prompts, seed=self.config.seed)
 
     def anchor_of(self, concept: str) -> str:
-        """--anchor, else the concept's default anchor (erasure/concepts.py); never the concept itself."""
-        anchor = self.config.anchor.strip() or default_anchor(concept, self.is_minisd)
+        """--anchor, else the world's default anchor of the concept; never the concept itself."""
+        anchor = self.config.anchor.strip() or self.world.default_anchor(concept)
         if anchor.lower() == concept.strip().lower():
             raise UserError(f"--anchor: the anchor (SFD: the override '{anchor}') is the concept itself; name a "
                             "different concept for it to become, e.g. --anchor 'a person wearing clothes'")
         return anchor
 
     def anchored_prompts(self, concept: str) -> tuple[list[str], list[str]]:
-        """Forget prompts and, row for row, the anchor prompt each one should turn into. On
-        MiniSD the anchor keeps the prompt's colour and style ("a red disk" -> "a red square")."""
+        """Forget prompts and, row for row, the anchor prompt each one should turn into (on
+        MiniSD the anchor keeps the prompt's colour and style: "a red disk" -> "a red square")."""
         forget, anchor = self.forget_prompts(concept), self.anchor_of(concept)
-        if self.is_minisd and self.config.concept_prompts == "auto":
-            return forget, [mini_substitute(p, concept, anchor) for p in forget]
-        return forget, [anchor] * len(forget)
+        return forget, self.world.anchor_prompts(forget, concept, anchor, self.config.concept_prompts)
 
     def retain_prompts(self, concept: str, n: int = 64) -> list[str]:
-        """Prompts whose images must not change (erasure/concepts.py); n: MiniSD captions drawn.
-        On MiniSD none names a concept of the run: erasing circle and square together, circle's
-        retain captions would otherwise keep the squares."""
-        prompts = retain_prompts(concept, self.anchor_of(concept), self.is_minisd, n=n, seed=self.config.seed + 1)
-        return self.without_run_concepts(prompts) if self.is_minisd else prompts
+        """Prompts whose images must not change (the world's); n: world captions drawn. None
+        names a concept of the run: erasing circle and square together, circle's retain captions
+        would otherwise keep the squares."""
+        prompts = self.world.retain_prompts(concept, self.anchor_of(concept), n=n, seed=self.config.seed + 1)
+        return self.without_run_concepts(prompts)
 
     def without_run_concepts(self, prompts: list[str]) -> list[str]:
-        """MiniSD captions that name none of the concepts this run erases."""
-        return [p for p in prompts if not any(mini_names_concept(p, c) for c in self.config.concepts)]
+        """`prompts` less those that name a concept this run erases (the world's reading)."""
+        return self.world.without_concepts(prompts, self.config.concepts)
 
     def self_data(self, prompts: list[str], count: int) -> SelfData:
         """`count` latents the untouched base model draws for `prompts` (cached; erasure/selfdata.py)."""

@@ -112,8 +112,9 @@ class DoCoConfig(SelfDataConfig):
     adv_guidance: float = doc("classifier-free guidance of the predicted x0 the discriminator compares: 0 = the "
                               "conditional prediction alone (the paper); MiniSD: 5, its sampling guidance", default=0.0)
 
-    minisd_defaults: ClassVar[dict] = {"steps": 400, "disc_warmup": 100, "lr": 1e-3, "disc_lr": 5e-4, "n_anchor": 128,
-                                       "retain_on": "anchor+retain", "adv_guidance": 5.0, "retain_weight": 3.0}
+    world_defaults: ClassVar[dict] = {"mini": {"steps": 400, "disc_warmup": 100, "lr": 1e-3, "disc_lr": 5e-4,
+                                               "n_anchor": 128, "retain_on": "anchor+retain", "adv_guidance": 5.0,
+                                               "retain_weight": 3.0}}
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -53,7 +53,6 @@ import torch.nn.functional as F
 from ..config import EraseConfig, doc
 from ..errors import UserError
 from ..registry import register_method
-from ..concepts import mini_siblings, mini_substitute, without_concept
 from ..sampling import ddim_trajectory
 from .base import Trainer
 
@@ -79,7 +78,7 @@ class ESDConfig(EraseConfig):
 
     # unset fields take these on MiniSD, where training prompts are full captions (docs/esd.md:
     # lr 5e-4 measured for esd-x and esd-u with the siblings baseline; esd-all and esd-x-strict use it untuned)
-    minisd_defaults: ClassVar[dict] = {"steps": 400, "lr": 5e-4, "baseline": "siblings"}
+    world_defaults: ClassVar[dict] = {"mini": {"steps": 400, "lr": 5e-4, "baseline": "siblings"}}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -122,12 +121,13 @@ class ESDTrainer(Trainer):
         if baseline == "empty":
             return self.c_empty.expand(len(prompts), -1, -1)[:, None]
         if baseline == "context":
-            return self.embed([without_concept(p, concept, self.is_minisd) for p in prompts])[:, None]
-        if not self.is_minisd:
+            return self.embed([self.world.without_concept(p, concept) for p in prompts])[:, None]
+        try:
+            others = self.world.siblings(concept)
+        except UserError:
             raise UserError("--baseline siblings needs a world that knows the concept's siblings (MiniSD); "
-                            "use --baseline empty or context")
-        others = mini_siblings(concept)
-        flat = self.embed([mini_substitute(p, concept, o) for p in prompts for o in others])
+                            "use --baseline empty or context") from None
+        flat = self.embed([self.world.substitute(p, concept, o) for p in prompts for o in others])
         return flat.view(len(prompts), len(others), *flat.shape[1:])
 
     def sample_latents(self, unet, cond: torch.Tensor, n: int, stop_after: int | None = None

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from ..config import SelfDataConfig, doc
 from ..errors import UserError
-from ..io_utils import cache_home, load_tensors, save_tensors
+from ..files import cache_home, load_tensors, save_tensors
 from ..registry import register_method
 from .base import Trainer
 
@@ -64,7 +64,7 @@ class SalUnConfig(SelfDataConfig):
 
     concept_defaults: ClassVar[dict] = {"nudity": {"alpha": 0.1, "steps": 100}}
     # MiniSD: fewer self-generated images and steps so data + mask + training fit in minutes on a CPU
-    minisd_defaults: ClassVar[dict] = {"n_forget": 128, "n_retain": 128, "steps": 300, "lr": 1e-4}
+    world_defaults: ClassVar[dict] = {"mini": {"n_forget": 128, "n_retain": 128, "steps": 300, "lr": 1e-4}}
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -86,11 +86,11 @@ from typing import ClassVar
 import torch
 from tqdm.auto import tqdm
 
-from ..concepts import _read_prompt_file, mini_world_captions
 from ..config import EraseConfig, doc
 from ..errors import UserError
-from ..io import hash_tensors
-from ..io_utils import cache_home, load_tensors, save_tensors
+from ..erasure_files import hash_tensors
+from ..files import cache_home, load_tensors, save_tensors
+from ..prompt_files import read_prompts
 from ..registry import register_method
 from ..sampling import predicted_x0
 from ..sampling import cfg as guided
@@ -146,8 +146,8 @@ class SFDConfig(EraseConfig):
 
     # MiniSD (measured, docs/sfd.md): its own guidance 5 for the teacher and the fake net, both lrs
     # 1e-4 (1e-6 moves a 64-px model nowhere in minutes), batch 4 (CPU time), 300 generator updates
-    minisd_defaults: ClassVar[dict] = {"steps": 300, "lr": 1e-4, "fake_lr": 1e-4, "batch_size": 4, "guidance": 5.0,
-                                       "fake_guidance": 5.0, "distill_steps": 300}
+    world_defaults: ClassVar[dict] = {"mini": {"steps": 300, "lr": 1e-4, "fake_lr": 1e-4, "batch_size": 4,
+                                               "guidance": 5.0, "fake_guidance": 5.0, "distill_steps": 300}}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -210,9 +210,10 @@ class SFDTrainer(Trainer):
     def remain_prompt_list(self) -> list[str]:
         cfg: SFDConfig = self.config
         if cfg.remain_prompts != "auto":
-            return _read_prompt_file(Path(cfg.remain_prompts), "--remain-prompts", "auto")
-        if self.is_minisd:
-            return mini_world_captions(cfg.n_remain, seed=cfg.seed)
+            return read_prompts(cfg.remain_prompts, "--remain-prompts", "auto")
+        own = self.world.ordinary_prompts(cfg.n_remain, seed=cfg.seed)  # the world's ordinary captions (MiniSD)
+        if own is not None:
+            return own
         with open(COCO_CAPTIONS, newline="", encoding="utf-8") as f:
             captions = [row["prompt"].strip() for row in csv.DictReader(f)]
         return captions[len(captions) // 2:]
@@ -220,11 +221,8 @@ class SFDTrainer(Trainer):
     def forget_pairs(self, concept: str) -> tuple[list[str], list[str]]:
         """(forget prompts c_f, override prompts c_a), row for row."""
         anchor = self.anchor_of(concept)  # refuses an override equal to the concept
-        forget, override = self.anchored_prompts(concept)
-        if not (self.is_minisd and self.config.concept_prompts == "auto"):
-            words = re.compile(re.escape(concept.strip()), re.IGNORECASE)
-            override = [words.sub(anchor, p) if words.search(p) else anchor for p in forget]
-        return forget, override
+        forget = self.forget_prompts(concept)
+        return forget, self.world.override_prompts(forget, concept, anchor, self.config.concept_prompts)
 
     # ------------------------------------------------------------------ the three networks
     def generate(self, cond: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -396,7 +394,7 @@ class SFDTrainer(Trainer):
     def save(self, out_dir):
         """Write the erasure (G alone); `self.pipe` then samples like the product, as
         ErasedPipeline.from_pretrained(out_dir) would: one step with OneStepScheduler, guidance 1."""
-        from ..io import read_manifest
+        from ..erasure_files import read_manifest
         from ..pipelines import ErasedPipeline, OneStepScheduler
 
         out = super().save(out_dir)

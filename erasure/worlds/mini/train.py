@@ -32,10 +32,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ...io_utils import (load_tensors, optimizer_from_tensors, optimizer_to_tensors, python_rng_state, save_tensors,
+from ...files import (load_tensors, optimizer_from_tensors, optimizer_to_tensors, python_rng_state, save_tensors,
                          set_python_rng_state, write_json)
 from . import nets
 from .world import COLORS, OBJECTS, STYLES, random_caption, render, sample_scene
+from .. import WORLD_FILE
+from ...model_ref import SAMPLING_FILE
+from .concepts import SAMPLING
 
 PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
 MINISD_DIR = PACKAGE_WEIGHTS / "minisd"
@@ -231,6 +234,10 @@ def export_pipeline(unet, text_encoder, vae, tokenizer_dir: Path, out_dir: Path,
     te_config["dtype"] = "float32"
     write_json(tmp / "text_encoder" / "config.json", te_config)
     write_json(tmp / "training_state.json", state)
+    # the folder says which world it belongs to and how it samples (erasure/worlds/__init__.py,
+    # erasure/model_ref.py): MiniSD's sampling settings were picked on its judge (docs/minisd.md)
+    write_json(tmp / WORLD_FILE, {"world": "mini"})
+    write_json(tmp / SAMPLING_FILE, SAMPLING)
     old = out_dir.with_name(out_dir.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if out_dir.exists():

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from .version import __version__
 from .errors import UserError
-from .io_utils import load_tensors, save_tensors, write_json
+from .files import load_tensors, save_tensors, write_json
 
 CONFIG_NAME = "erasure_config.json"
 WEIGHTS_NAME = "erasure_model.safetensors"

@@ -1,0 +1,41 @@
+"""The one reader of prompt files: a .txt (one prompt per line) or a .csv with a `prompt` column
+(and any other columns the caller keeps). A byte-order mark is ignored; every problem is a
+one-line UserError that names the flag the file came from."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from .errors import UserError
+
+
+def read_prompt_table(path: str | Path, flag: str, choices: str = "", csv_only: bool = False) -> list[dict[str, str]]:
+    """Rows of a prompt file as {column: stripped text} ({"prompt": ...} for a .txt), in file
+    order, rows with an empty prompt dropped. `choices` names what else `flag` accepts."""
+    path = Path(path)
+    kinds = "a CSV with a 'prompt' column" if csv_only else "a .txt (one prompt per line) or a .csv with a 'prompt' column"
+    if not path.is_file():
+        raise UserError(f"{flag}: no file at {path}; pass {choices + ' or ' if choices else ''}{kinds}")
+    try:
+        if csv_only or path.suffix.lower() == ".csv":
+            with open(path, newline="", encoding="utf-8-sig") as f:
+                reader = csv.DictReader(f)
+                fields = [(h or "").strip() for h in (reader.fieldnames or [])]
+                if "prompt" not in fields:
+                    raise UserError(f"{flag}: {path} has no 'prompt' column (found: {', '.join(fields) or 'nothing'}); "
+                                    "the first line must be a header such as prompt,object,color,style")
+                rows = [{(k or "").strip(): (v or "").strip() for k, v in raw.items() if isinstance(v, str) or v is None}
+                        for raw in reader]
+        else:
+            rows = [{"prompt": line.strip()} for line in path.read_text(encoding="utf-8-sig").splitlines()]
+    except UnicodeDecodeError:
+        raise UserError(f"{flag}: {path} is not UTF-8 text; pass {kinds}") from None
+    return rows
+
+
+def read_prompts(path: str | Path, flag: str, choices: str = "") -> list[str]:
+    """The non-empty prompts of a prompt file; a file that holds none is an error."""
+    prompts = [r["prompt"] for r in read_prompt_table(path, flag, choices) if r.get("prompt")]
+    if not prompts:
+        raise UserError(f"{flag}: {path} holds no prompt")
+    return prompts
