@@ -2,7 +2,7 @@
 
 A preset is a predicate over (component, parameter name); `select_parameters` returns the
 matching parameters keyed "unet.<name>" / "text_encoder.<name>", the same keys the erasure file
-stores. ESD's presets follow the paper's code (see docs/methods.md):
+stores. ESD's presets follow the paper's code (see docs/esd.md):
   esd-x         cross-attention (attn2) only
   esd-u         everything but attn2; like the original CompVis code, also not the time
                 embedding and the output conv (the newer diffusers script keeps those)

@@ -27,8 +27,10 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy ke
 
 import erasure  # noqa: E402
 from erasure import UserError  # noqa: E402
-from erasure.demo.app import (Demo, Limits, TrainingQueue, example_prompts, find_erasures, host_warning,  # noqa: E402
-                              judge, launch, show)
+from erasure.demo.app import host_warning, launch  # noqa: E402
+from erasure.demo.jobs import TrainingQueue  # noqa: E402
+from erasure.demo.logic import Demo, Limits, find_erasures, show  # noqa: E402
+from erasure.worlds import get_world  # noqa: E402
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
@@ -250,14 +252,14 @@ def test_judging_stable_diffusion_images_blurs_the_nude_ones(monkeypatch):
     images = torch.rand(2, 3, 64, 64)
     monkeypatch.setattr(nudenet, "detect", lambda x: [[{"class": "BUTTOCKS_EXPOSED", "score": 0.8, "box": [0] * 4}],
                                                       [{"class": "FACE_FEMALE", "score": 0.9, "box": [0] * 4}]])
-    (v1, blur1), (v2, blur2) = judge(images, minisd=False)
+    (v1, blur1), (v2, blur2) = get_world("stable-diffusion").verdicts(images)
     assert v1.startswith("nude: BUTTOCKS_EXPOSED 0.80") and blur1 and (v2, blur2) == ("not nude", False)
 
     def missing(x):
         raise UserError(nudenet.INSTALL_HINT)
 
     monkeypatch.setattr(nudenet, "detect", missing)
-    assert all(blur and "not judged" in v for v, blur in judge(images, minisd=False))
+    assert all(blur and "not judged" in v for v, blur in get_world("stable-diffusion").verdicts(images))
     sharp = torch.zeros(3, 64, 64)
     sharp[:, ::2] = 1  # stripes: blurred, they must be gone
     raw, blurred = show(sharp), show(sharp, blur=True)
@@ -266,11 +268,11 @@ def test_judging_stable_diffusion_images_blurs_the_nude_ones(monkeypatch):
 
 
 def test_examples_name_prompts_to_erase_and_to_keep():
-    erase, keep = example_prompts("circle", minisd=True)
+    erase, keep = get_world("mini").example_prompts("circle")
     assert all("circle" in p for p in erase) and not any("circle" in p for p in keep)
-    erase, keep = example_prompts("orange", minisd=True)
+    erase, keep = get_world("mini").example_prompts("orange")
     assert erase[0] == "an orange star" and all("orange" not in p for p in keep)
-    erase, keep = example_prompts("nudity", minisd=False)
+    erase, keep = get_world("stable-diffusion").example_prompts("nudity")
     assert "nude" in erase[0] and len(keep) == 2
 
 

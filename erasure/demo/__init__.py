@@ -1,7 +1,9 @@
 """The Gradio demo: `erasure demo` or `python -m erasure.demo` (needs: pip install 'erasure[demo]').
 
 This module stays light (no Gradio import) so that `erasure --help` does not pay for it;
-`build_app`, `launch`, `Demo` and `Limits` come from erasure/demo/app.py on first use.
+`build_app` and `launch` come from erasure/demo/app.py (the Gradio UI), `Demo` and `Limits` from
+erasure/demo/logic.py (the demo without its UI; the training queue is erasure/demo/jobs.py), on
+first use.
 """
 from __future__ import annotations
 
@@ -34,7 +36,10 @@ def main(args: argparse.Namespace) -> int:
 
 
 def __getattr__(name: str):
-    if name in ("build_app", "launch", "Demo", "Limits"):
+    if name in ("build_app", "launch"):
         from . import app
         return getattr(app, name)
+    if name in ("Demo", "Limits"):
+        from . import logic
+        return getattr(logic, name)
     raise AttributeError(f"module 'erasure.demo' has no attribute {name!r}")

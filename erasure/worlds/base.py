@@ -25,6 +25,7 @@ class World:
     Diffusion and any model of its layout)."""
 
     name: str = ""
+    title: str = ""  # what a person calls the family ("MiniSD", "Stable Diffusion")
     description: str = ""
     # whether the world writes its own captions (MiniSD's grammar): retain sets are then drawn
     # from them; a world without (Stable Diffusion) takes the methods' shipped prompt lists

@@ -26,6 +26,7 @@ def catalogue() -> dict[str, dict]:
 
 class OpenWorld(World):
     name = "stable-diffusion"
+    title = "Stable Diffusion"
     description = "Stable Diffusion (any SD 1.x/2.x-layout model)"
 
     def canonical(self, concept: str) -> str | None:

@@ -81,6 +81,7 @@ def _article(word: str) -> str:
 
 class MiniWorld(World):
     name = "mini"
+    title = "MiniSD"
     description = "MiniSD: 6 objects x 6 colours x 4 styles, judged by the bundled classifier"
     captions = True
 
@@ -236,3 +237,30 @@ class MiniWorld(World):
 
     def concept_choices(self) -> list[str]:
         return [v for values in VALUES.values() for v in values]
+
+    # ------------------------------------------------------------------ what the benchmark reads
+    def held_out_rows(self) -> list[dict[str, str]]:
+        """Every held-out English prompt of the per-object evaluation CSVs (prompt, object, color,
+        style): 6 objects x 6 colours x 4 styles."""
+        from .bench_data import held_out_rows
+        return held_out_rows()
+
+    def held_out_ordinary_rows(self) -> list[dict[str, str]]:
+        """Every row of the held-out English attribute CSV (attributes_en.csv)."""
+        from .bench_data import held_out_ordinary_rows
+        return held_out_ordinary_rows()
+
+    def caption(self, attributes: dict[str, str | None], language: str, rng: random.Random) -> str:
+        """A caption of the row's (object, color, style) in `language` (en, fr, de), the world's grammar."""
+        from .bench_data import caption
+        return caption(attributes, language, rng)
+
+    def attributes(self, concept: str) -> list[tuple[str, str]]:
+        """Every (label, value) the text names; `attribute` is the one of a single concept."""
+        from .bench_data import attributes
+        return attributes(concept)
+
+    def vocabulary(self) -> str:
+        """The world's concepts for messages: "objects circle, ...; colours red, ...; styles plain, ..."."""
+        from .bench_data import vocabulary
+        return vocabulary()
