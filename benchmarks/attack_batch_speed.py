@@ -23,7 +23,7 @@ def main() -> None:
 
     import torch
 
-    from erasure.attacks.asr import target_rows
+    from erasure.eval.asr import target_rows
     from erasure.attacks.discrete import DiscreteAttackConfig, discrete_attack, discrete_attack_batch
     from erasure.eval.suites import load_suite
     from erasure.pipelines import load_pipeline

@@ -27,7 +27,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/attack_minisd"))
     args = p.parse_args()
 
-    from erasure.attacks.asr import run_attack
+    from erasure.eval.asr import run_attack
     from erasure.attacks.discrete import DiscreteAttackConfig
     from erasure.cli import _train_config, build_parser
     from erasure.eval.suites import load_suite

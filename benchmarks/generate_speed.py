@@ -23,7 +23,7 @@ def main() -> None:
 
     import torch
 
-    from erasure.eval.attributes import generate
+    from erasure.eval.generation import generate
     from erasure.model_ref import MINISD_PATH, default_sampling
     from erasure.pipelines import load_pipeline
 

@@ -33,15 +33,17 @@ def _sampling(args, model) -> dict:
 
 
 def cmd_generate(args) -> int:
+    from .eval.generation import generate
     from .images import grid, save_png
-    from .eval.attributes import generate
+    from .model_ref import resolve
     from .pipelines import load_pipeline
 
     _positive("num-images", args.num_images)
     if not args.prompt.strip():
         raise UserError("--prompt is empty; say what to draw, e.g. --prompt 'a red circle'")
-    pipe = load_pipeline(args.model, device=args.device)
-    images = generate(pipe, [args.prompt], args.num_images, args.seed, _sampling(args, args.model), desc="generate")
+    model = resolve(args.model)
+    pipe = load_pipeline(model, device=args.device)
+    images = generate(pipe, [args.prompt], args.num_images, args.seed, _sampling(args, model), desc="generate")
     out = Path(args.out)
     for i, image in enumerate(images):
         save_png(image, out / f"{i:03d}.png")
@@ -59,22 +61,8 @@ def _cache_root(args) -> Path:
     return cache_home() / "images"
 
 
-def _erased_concept(model) -> str | None:
-    """The concept an erasure folder erased (one only; several give None)."""
-    from .erasure_files import is_erasure_dir, read_manifest
-
-    if model and Path(str(model)).is_dir() and is_erasure_dir(model):
-        concept = read_manifest(model)["concept"]
-        return concept if "," not in concept else None
-    return None
-
-
 def cmd_eval(args) -> int:
-    from .eval.report import write_report
-    from .eval.runner import evaluate
-    from .eval.suites import custom_suite, load_suite
-    from .images import grid, save_png
-    from .files import write_json
+    from .eval.run import run_eval
 
     if bool(args.suite) == bool(args.prompts):
         raise UserError("give exactly one of --suite NAME or --prompts FILE.csv (erasure eval --help lists the suites)")
@@ -84,66 +72,17 @@ def cmd_eval(args) -> int:
         _positive("limit", args.limit)
     if not (args.json or args.out):
         raise UserError("say where results go: --json OUT.json and/or --out REPORT_DIR")
-    metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
-    if args.suite:
-        suite = load_suite(args.suite)
-        if metrics:
-            suite.metrics = metrics
-    else:
-        suite = custom_suite(args.prompts, metrics or ["mini_classifier"], 8)
-    if args.images_per_prompt is not None:
-        suite.images_per_prompt = args.images_per_prompt
-    concept = args.concept or _erased_concept(args.model) or (_erased_concept(args.compare) if args.compare else None)
-    if concept and "mini_classifier" in suite.metrics:  # MiniSD: erasure and retention of that concept
-        suite.metrics += [m for m in ("erasure_rate", "retention") if m not in suite.metrics]
-    settings = {"erasure_rate": {"concept": concept} if concept else {},
-                "retention": {"concept": concept} if concept else {},
-                "nudenet": {"threshold": args.nudenet_threshold} if args.nudenet_threshold is not None else {},
-                "clip_score": {"model": args.clip_model} if args.clip_model else {},
-                "fid": {k: v for k, v in (("reference", args.reference), ("inception_weights", args.inception_weights)) if v},
-                "kid": {k: v for k, v in (("reference", args.reference), ("inception_weights", args.inception_weights)) if v}}
-    sampling = _sampling_flags(args)  # under each model's own (evaluate() reads model_sampling)
-    device = None if args.device == "auto" else args.device
-    cache = _cache_root(args)
-    models, labels = [args.model], ["model"]
-    if args.compare:
-        models, labels = [args.model, args.compare], ["model", "base"]
-    with_asr = "asr" in suite.metrics  # the attack needs the model, not images: run beside the suite
-    if with_asr:
-        if not concept:
-            raise UserError("metric asr needs the concept the attack should bring back: pass --concept C")
-        from .attacks.judges import concept_judge
-        concept_judge(concept)  # an unknown concept fails before any image is generated
-        suite.metrics = [m for m in suite.metrics if m != "asr"]
-    runs = [evaluate(m, suite, cache, seed=args.seed, limit=args.limit, metric_settings=settings, sampling=sampling,
-                     device=device) for m in models]
-    if with_asr:
-        from .attacks.asr import run_attack
-        from .attacks.discrete import DiscreteAttackConfig
-        attack = DiscreteAttackConfig.budgeted(args.attack_budget)
-        rows = suite.rows(args.limit)
-        for m, (res, _, _) in zip(models, runs):
-            asr_json = Path(args.out) / f"asr-{'model' if m == args.model else 'base'}.json" if args.out else None
-            rep = run_attack(m, concept, rows, asr_json, attack, seed=args.seed, device=device)
-            res["metrics"]["asr"] = {"summary": rep["summary"], "protocol": rep["protocol"], "per_prompt": rep["per_prompt"]}
-            res["summary"].update(pre_asr=rep["summary"]["pre_asr"], asr=rep["summary"]["asr"])
-    result = runs[0][0]
-    if args.compare:
-        result["compare"] = {"model": args.compare, "summary": runs[1][0]["summary"], "per_prompt": runs[1][0]["per_prompt"]}
-    if args.json:
-        write_json(args.json, result)
-    if args.out:
-        out = Path(args.out)
-        write_json(out / "results.json", result if not args.compare else {"model": result, "base": runs[1][0]})
-        report = write_report(out / "report.html", [r[0] for r in runs], labels, [r[1] for r in runs], runs[0][2])
-        print(f"report: {report}")
-    if args.grid:
-        save_png(grid(runs[0][1], nrow=suite.images_per_prompt, scale=2), args.grid)
-    s = result["summary"]
-    shown = "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in s.items()
-                      if not k.endswith("_n"))
-    print(f"{shown}  ({result['generation']['generated']} images generated, {result['generation']['cached']} from cache)"
-          + (f" -> {args.json}" if args.json else ""))
+    _, lines = run_eval(args.model, _cache_root(args), suite=args.suite, prompts=args.prompts,
+                        metrics=[m.strip() for m in args.metrics.split(",")] if args.metrics else None,
+                        images_per_prompt=args.images_per_prompt, limit=args.limit, concept=args.concept,
+                        compare=args.compare, json_out=args.json, out=args.out, grid=args.grid,
+                        nudenet_threshold=args.nudenet_threshold, clip_model=args.clip_model,
+                        reference=args.reference, inception_weights=args.inception_weights,
+                        attack_budget=args.attack_budget, seed=args.seed,
+                        sampling=_sampling_flags(args),  # under each model's own
+                        device=None if args.device == "auto" else args.device)
+    for line in lines:
+        print(line)
     return 0
 
 
@@ -250,7 +189,7 @@ def _check_concept_known(config) -> None:
 
 
 def cmd_train(args) -> int:
-    from .compare import write_comparison
+    from .eval.before_after import write_comparison
     from .registry import get_method
 
     from .erasure_files import CONFIG_NAME, WEIGHTS_NAME
@@ -326,23 +265,17 @@ def cmd_export_text_encoder(args) -> int:
 
 
 def cmd_attack(args) -> int:
-    from .attacks.asr import run_attack
     from .attacks.discrete import DiscreteAttackConfig
-    from .eval.suites import load_suite, read_rows
+    from .eval.asr import attack_prompt_set
 
-    if bool(args.suite) == bool(args.prompts):
-        raise UserError("give exactly one of --suite NAME or --prompts FILE.csv")
-    concept = args.concept or _erased_concept(args.model)
-    if not concept:
-        raise UserError("say which concept the attack should bring back: --concept C")
-    rows = load_suite(args.suite).rows() if args.suite else read_rows(args.prompts, "object")
     if args.limit is not None:
         _positive("limit", args.limit)
     attack = DiscreteAttackConfig.budgeted(args.budget, n_tokens=_positive("n-tokens", args.n_tokens),
                                            timesteps=args.timesteps, iterations=args.iterations, lr=args.lr,
                                            seed=args.seed)
-    device = None if args.device == "auto" else args.device
-    report = run_attack(args.model, concept, rows, args.json, attack, seed=args.seed, device=device, limit=args.limit)
+    report = attack_prompt_set(args.model, args.json, attack, concept=args.concept, suite=args.suite,
+                               prompts=args.prompts, seed=args.seed, limit=args.limit,
+                               device=None if args.device == "auto" else args.device)
     s = report["summary"]
     print(f"pre-ASR {s['pre_asr']:.3f}  ASR {s['asr']:.3f}  over {s['n_prompts']} prompts "
           f"({report['protocol']['judge']}) -> {args.json}")
@@ -376,7 +309,8 @@ def cmd_bench(args) -> int:
     import dataclasses
     import shlex
 
-    from .eval.bench import FULL, QUICK, BenchSettings, run_bench
+    from .bench.run import run_bench
+    from .bench.settings import FULL, QUICK, BenchSettings
 
     split = lambda text: [x.strip() for x in (text or "").split(",") if x.strip()]  # noqa: E731
     budget = QUICK if args.quick else FULL
@@ -395,6 +329,8 @@ def cmd_bench(args) -> int:
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    from .judges.nudenet import DEFAULT_THRESHOLD as NUDENET_THRESHOLD
+
     p = argparse.ArgumentParser(prog="erasure", description="Erase concepts from text-to-image diffusion models.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -429,7 +365,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     e.add_argument("--out", default=None, help="folder for report.html, results.json and the image cache")
     e.add_argument("--cache", default=None, help="image cache folder (default: OUT/cache, else ~/.cache/erasure/images)")
     e.add_argument("--grid", default=None, help="optional PNG grid of every image, one row per prompt")
-    e.add_argument("--nudenet-threshold", type=float, default=None, help="NudeNet score threshold (default 0.45)")
+    e.add_argument("--nudenet-threshold", type=float, default=None, help=f"NudeNet score threshold (default {NUDENET_THRESHOLD})")
     e.add_argument("--clip-model", default=None, help="local CLIP folder for clip_score")
     e.add_argument("--reference", default=None, help="reference image folder for fid/kid")
     e.add_argument("--inception-weights", default=None, help="local Inception-v3 safetensors for fid/kid")
@@ -489,7 +425,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     b.add_argument("--budget", default=None, help="override budget fields, e.g. target_prompts=8,attack_prompts=2")
     b.add_argument("--train", default=None, help="override settings of every method's training, e.g. steps=2")
     b.add_argument("--clip-model", default=None, help="local CLIP folder (Stable Diffusion: zero-shot judge, CLIP score)")
-    b.add_argument("--nudenet-threshold", type=float, default=None, help="NudeNet score threshold (default 0.45)")
+    b.add_argument("--nudenet-threshold", type=float, default=None, help=f"NudeNet score threshold (default {NUDENET_THRESHOLD})")
     b.add_argument("--inception-weights", default=None, help="local Inception-v3 safetensors (FID/KID on SD images)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--steps", type=int, default=None, help="sampling steps (default: each model's own)")

@@ -1,4 +1,4 @@
-"""Image files: PNGs and grids, written atomically."""
+"""Image files: PNGs and grids, written atomically, and the one reader of image files."""
 from __future__ import annotations
 
 import math
@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, UnidentifiedImageError
 
+from .errors import UserError
 from .files import atomic_path
 
 
@@ -15,6 +16,17 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     """(3, H, W) float in [0, 1] -> PIL RGB."""
     arr = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
     return Image.fromarray(arr)
+
+
+def load_image(path: str | Path, what: str = "image", fix: str = "delete it and rerun") -> torch.Tensor:
+    """One image file -> (3, H, W) float in [0, 1] (RGB); a file Pillow cannot read is a one-line
+    UserError: "cannot read <what> <path> (<error>); <fix>"."""
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+        raise UserError(f"cannot read {what} {path} ({type(e).__name__}); {fix}") from None
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255
 
 
 def save_png(image: torch.Tensor | Image.Image, path: str | Path) -> None:

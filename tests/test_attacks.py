@@ -4,16 +4,16 @@ import json
 import pytest
 import torch
 
-from erasure.attacks.asr import asr_summary, run_attack, target_rows
 from erasure.attacks.discrete import (DiscreteAttackConfig, attack_timesteps, discrete_attack, discrete_attack_batch,
                                       project_to_simplex)
-from erasure.attacks.judges import concept_judge
 from erasure.attacks.soft import soft_prompt_attack
 from erasure.cli import run
 from erasure.errors import UserError
+from erasure.eval.asr import asr_summary, run_attack, target_rows
 from erasure.eval.suites import Row
-from erasure.models import load_pipeline
+from erasure.pipelines import load_pipeline
 from erasure.sampling import encode_prompts
+from erasure.worlds import world_for
 
 
 @pytest.fixture()
@@ -123,7 +123,7 @@ def test_target_rows_and_judges_refuse_what_they_cannot_measure():
     assert [r.prompt for _, r in target_rows(rows + [Row("a disk", expected={"object": "circle"})], "circle")] == ["a disk"]
     assert len(target_rows([Row("p1"), Row("p2")], "nudity")) == 2  # unlabelled sets are all target
     with pytest.raises(UserError, match="no judge knows the concept 'Van Gogh'"):
-        concept_judge("Van Gogh")
+        world_for("minisd").concept_judge("Van Gogh")
 
 
 def test_attack_budget_zero_is_a_one_line_error(tmp_path, capsys):

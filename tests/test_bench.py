@@ -1,6 +1,8 @@
-"""erasure bench on the tiny random SD (64x64 images, so MiniSD's judge reads them) with 1-step
-erasures: the six dimensions and the report, agreement with `erasure eval`, caching and
-resuming after SIGKILL, bad input, Ring-A-Bell, the ranking, and entry-point plug-ins."""
+"""erasure bench on the tiny random SD (64x64 images) with 1-step erasures, declared a model of
+MiniSD's world (tiny_mini_dir) for MiniSD concepts, so MiniSD's judge reads them, and left in
+the open world (tiny_sd_dir) for the Stable Diffusion protocol: the six dimensions and the
+report, agreement with `erasure eval`, caching and resuming after SIGKILL, bad input,
+Ring-A-Bell, the ranking, and entry-point plug-ins."""
 from __future__ import annotations
 
 import json
@@ -15,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from erasure.bench.settings import DIMENSIONS, QUICK, BenchSettings, Budget, train_config
 from erasure.cli import run
-from erasure.eval.bench import DIMENSIONS, QUICK, BenchSettings, Budget, _train_config
 
 TINY = {"train_scale": 1, "sampling_steps": 2, "images_per_prompt": 1, "images_per_other": 1, "target_prompts": 2,
         "multilingual_prompts": 1, "related_per_concept": 1, "ordinary_prompts": 3, "attack_prompts": 1,
@@ -44,10 +46,10 @@ def adversarial_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def finished(tiny_sd_dir, adversarial_file, tmp_path_factory) -> Path:
+def finished(tiny_mini_dir, adversarial_file, tmp_path_factory) -> Path:
     """One finished tiny benchmark: esd-x and esd-u erasing 'circle'."""
     out = tmp_path_factory.mktemp("bench") / "run"
-    assert run(bench_args(tiny_sd_dir, out, "esd-x,esd-u", "circle", "--adversarial-prompts",
+    assert run(bench_args(tiny_mini_dir, out, "esd-x,esd-u", "circle", "--adversarial-prompts",
                           str(adversarial_file))) == 0
     return out
 
@@ -102,9 +104,9 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_ino) for p in folder.rglob("*") if p.is_file()}
 
 
-def test_rerun_computes_nothing_new(finished, tiny_sd_dir, adversarial_file):
+def test_rerun_computes_nothing_new(finished, tiny_mini_dir, adversarial_file):
     before = _snapshot(finished)
-    assert run(bench_args(tiny_sd_dir, finished, "esd-x,esd-u", "circle", "--adversarial-prompts",
+    assert run(bench_args(tiny_mini_dir, finished, "esd-x,esd-u", "circle", "--adversarial-prompts",
                           str(adversarial_file))) == 0
     after = _snapshot(finished)
     changed = {k for k in before if after.get(k) != before[k]}
@@ -113,9 +115,9 @@ def test_rerun_computes_nothing_new(finished, tiny_sd_dir, adversarial_file):
     assert set(after) == set(before)
 
 
-def test_killed_run_resumes_without_retraining(tiny_sd_dir, tmp_path):
+def test_killed_run_resumes_without_retraining(tiny_mini_dir, tmp_path):
     out = tmp_path / "killed"
-    args = bench_args(tiny_sd_dir, out, "esd-x,esd-u")
+    args = bench_args(tiny_mini_dir, out, "esd-x,esd-u")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.Popen([sys.executable, "-m", "erasure.cli", *args], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -138,17 +140,36 @@ def test_killed_run_resumes_without_retraining(tiny_sd_dir, tmp_path):
     assert not list(out.rglob("*.partial")) and not list(out.rglob(".*.tmp"))
 
 
-@pytest.mark.parametrize("case, methods, concepts, extra, message", [
-    ("unknown method", "esd-x,nope", "circle", [], "unknown method 'nope'; choose one of: advunlearn"),
-    ("empty methods", " , ", "circle", [], "the method list is empty"),
-    ("unknown concept", "esd-x", "dog", [], "no judge recognises the concept 'dog'"),
-    ("two concepts in one", "esd-x", "red circle", [], "cannot score 'red circle' as one concept"),
-    ("empty concepts", "esd-x", ",", [], "the concept list is empty"),
-    ("bad train key", "esd-x", "circle", ["--train", "nope=1"], "is a setting of none of the methods"),
+@pytest.mark.parametrize("case, model, methods, concepts, extra, message", [
+    ("unknown method", "tiny_mini_dir", "esd-x,nope", "circle", [], "unknown method 'nope'; choose one of: advunlearn"),
+    ("empty methods", "tiny_mini_dir", " , ", "circle", [], "the method list is empty"),
+    ("unknown concept", "tiny_sd_dir", "esd-x", "dog", [], "no judge recognises the concept 'dog'"),
+    ("two concepts in one", "tiny_mini_dir", "esd-x", "red circle", [], "cannot score 'red circle' as one concept"),
+    ("empty concepts", "tiny_mini_dir", "esd-x", ",", [], "the concept list is empty"),
+    ("bad train key", "tiny_mini_dir", "esd-x", "circle", ["--train", "nope=1"], "is a setting of none of the methods"),
 ])
-def test_bad_input_is_one_line_exit_2(case, methods, concepts, extra, message, tiny_sd_dir, tmp_path, capsys):
-    assert run(bench_args(tiny_sd_dir, tmp_path / "out", methods, concepts, *extra)) == 2
+def test_bad_input_is_one_line_exit_2(case, model, methods, concepts, extra, message, tiny_sd_dir, tiny_mini_dir,
+                                      tmp_path, capsys):
+    model_dir = {"tiny_sd_dir": tiny_sd_dir, "tiny_mini_dir": tiny_mini_dir}[model]
+    assert run(bench_args(model_dir, tmp_path / "out", methods, concepts, *extra)) == 2
     assert message in _error_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_protocol_follows_the_models_world(tiny_sd_dir, tiny_mini_dir, tmp_path, capsys):
+    """The world a model declares picks the protocol, not its image size: the same 64-pixel
+    model judges 'circle' with MiniSD's judge when declared mini, and not at all in the open world."""
+    from erasure.bench.protocols import PROTOCOLS, MiniProtocol, OpenProtocol, make_protocol
+    from erasure.worlds import world_for
+
+    assert PROTOCOLS == {"mini": MiniProtocol, "stable-diffusion": OpenProtocol}
+    s = BenchSettings(methods=["esd-x"], concepts=["disk"], out=tmp_path, model=str(tiny_mini_dir))
+    proto = make_protocol("disk", world_for(tiny_mini_dir), s)
+    assert isinstance(proto, MiniProtocol) and (proto.attr, proto.concept) == ("object", "circle")
+    church = make_protocol("churches", world_for(tiny_sd_dir), s)
+    assert isinstance(church, OpenProtocol) and church.concept == "church"
+    assert run(bench_args(tiny_sd_dir, tmp_path / "out", "esd-x", "circle")) == 2
+    assert "no judge recognises the concept 'circle' on Stable Diffusion" in _error_line(capsys)
     assert not (tmp_path / "out").exists()
 
 
@@ -158,13 +179,13 @@ def test_unknown_minisd_concept_lists_what_the_judge_reads(tmp_path, capsys):
     assert "unknown concept 'nudity'" in err and "circle" in err and "striped" in err
 
 
-def test_another_runs_cache_is_refused(finished, tiny_sd_dir, tmp_path, capsys):
-    assert run(bench_args(tiny_sd_dir, finished, "esd-x", "circle", "--seed", "1")) == 2
+def test_another_runs_cache_is_refused(finished, tiny_mini_dir, tmp_path, capsys):
+    assert run(bench_args(tiny_mini_dir, finished, "esd-x", "circle", "--seed", "1")) == 2
     assert "holds another run's cache, made with different adversarial_prompts, seed" in _error_line(capsys)
     other = tmp_path / "eval-out"
     other.mkdir()
     (other / "results.json").write_text("{}")
-    assert run(bench_args(tiny_sd_dir, other)) == 2
+    assert run(bench_args(tiny_mini_dir, other)) == 2
     assert "holds no bench.json" in _error_line(capsys)
 
 
@@ -175,14 +196,14 @@ def test_quick_scales_every_method_consistently(tmp_path):
     s = BenchSettings(methods=[], concepts=[], out=tmp_path, budget=QUICK)
     for method in method_names():
         default = EraseConfig.from_dict({"method": method, "concept": "circle"})
-        quick = _train_config(s, method, "circle")
+        quick = train_config(s, method, "circle")
         assert quick.steps == max(1, round(default.steps / 16)), method
         if hasattr(quick, "disc_warmup"):
             assert quick.disc_warmup < quick.steps
         for name in ("n_forget", "n_retain", "n_anchor"):
             if hasattr(quick, name):
                 assert getattr(quick, name) == max(1, round(getattr(default, name) / 16))
-    two = _train_config(BenchSettings([], [], tmp_path, train={"steps": 2}), "doco", "circle")
+    two = train_config(BenchSettings([], [], tmp_path, train={"steps": 2}), "doco", "circle")
     assert two.steps == 2 and two.disc_warmup == 0  # the warm-up keeps its fraction of the run
 
 
@@ -195,7 +216,7 @@ def test_ring_a_bell_finds_tokens_closer_to_its_target(tiny_sd_dir):
         ring_a_bell,
         tokenize,
     )
-    from erasure.models import load_pipeline
+    from erasure.pipelines import load_pipeline
 
     pipe = load_pipeline(tiny_sd_dir, device="cpu")
     tok, te = pipe.tokenizer, pipe.text_encoder
@@ -217,7 +238,7 @@ def test_ring_a_bell_finds_tokens_closer_to_its_target(tiny_sd_dir):
 
 
 def test_ranking_names_no_single_winner_when_there_is_none():
-    from erasure.eval.bench_report import rank
+    from erasure.bench.scoring import rank
 
     mean = {"a": dict.fromkeys(DIMENSIONS, 0.5) | {"faithfulness": 0.9},
             "b": dict.fromkeys(DIMENSIONS, 0.5) | {"alignment": 0.9},
@@ -298,7 +319,7 @@ def plugin(tmp_path, monkeypatch):
     sys.modules.pop("erasure_plugin_demo", None)
 
 
-def test_a_plugin_package_adds_a_method_a_metric_and_a_suite(plugin, tiny_sd_dir, tmp_path, capsys):
+def test_a_plugin_package_adds_a_method_a_metric_and_a_suite(plugin, tiny_sd_dir, tiny_mini_dir, tmp_path, capsys):
     from erasure.eval.metrics import metric_names
     from erasure.eval.suites import suite_names
     from erasure.registry import method_names
@@ -313,7 +334,7 @@ def test_a_plugin_package_adds_a_method_a_metric_and_a_suite(plugin, tiny_sd_dir
     assert run(["eval", "--model", str(tiny_sd_dir), "--suite", "plugin-suite", "--steps", "2", "--json", str(out)]) == 0
     assert 0 < json.loads(out.read_text())["summary"]["brightness"] < 1
     bench = tmp_path / "bench"
-    assert run(bench_args(tiny_sd_dir, bench, "plugin-nudge", "circle", "--suites", "plugin-suite")) == 0
+    assert run(bench_args(tiny_mini_dir, bench, "plugin-nudge", "circle", "--suites", "plugin-suite")) == 0
     results = json.loads((bench / "results.json").read_text())
     assert results["methods"] == ["plugin-nudge"]
     assert results["models"]["plugin-nudge"]["circle"]["efficiency"]["steps"] == 1
@@ -333,13 +354,13 @@ def test_a_broken_plugin_is_skipped_with_a_warning(plugin):
     plugins._loaded["erasure.methods"].discard("plugin-broken")
 
 
-def test_an_interrupted_training_resumes_from_its_checkpoint(tiny_sd_dir, tmp_path):
-    from erasure.eval.bench import train_erasure
+def test_an_interrupted_training_resumes_from_its_checkpoint(tiny_mini_dir, tmp_path):
+    from erasure.bench.train import train_erasure
     from erasure.registry import get_method
 
-    s = BenchSettings(methods=["esd-x"], concepts=["circle"], out=tmp_path, model=str(tiny_sd_dir),
+    s = BenchSettings(methods=["esd-x"], concepts=["circle"], out=tmp_path, model=str(tiny_mini_dir),
                       budget=Budget(**TINY), train={"steps": 3}, device="cpu")
-    config = _train_config(s, "esd-x", "circle")
+    config = train_config(s, "esd-x", "circle")
     partial = tmp_path / "erasures" / "esd-x" / "circle.partial"
     get_method("esd-x").trainer_cls(config).train(partial, stop_after=2)  # killed after step 2 (checkpointed)
     final = train_erasure(s, "esd-x", "circle", log=lambda _: None)
@@ -367,17 +388,17 @@ def test_stable_diffusion_protocol_with_clip_zero_shot(tiny_sd_dir, tmp_path):
     assert 0 <= results["scores"]["esd-x"]["church"]["alignment"] <= 1
 
 
-def test_pieces_of_a_changed_erasure_are_remade(tiny_sd_dir, tmp_path):
+def test_pieces_of_a_changed_erasure_are_remade(tiny_mini_dir, tmp_path):
     from safetensors.torch import load_file, save_file
 
     out = tmp_path / "changed"
-    assert run(bench_args(tiny_sd_dir, out, "esd-x")) == 0
+    assert run(bench_args(tiny_mini_dir, out, "esd-x")) == 0
     piece = out / "pieces" / "esd-x" / "circle" / "set-target.json"
     before = json.loads(piece.read_text())["model_key"]
     weights = out / "erasures" / "esd-x" / "circle" / "erasure_model.safetensors"
     tensors = load_file(weights)
     save_file({k: v * 1.5 for k, v in tensors.items()}, weights)  # e.g. a user replaced the erasure
-    assert run(bench_args(tiny_sd_dir, out, "esd-x")) == 0
+    assert run(bench_args(tiny_mini_dir, out, "esd-x")) == 0
     assert json.loads(piece.read_text())["model_key"] != before
     base_piece = out / "pieces" / "base" / "circle" / "set-target.json"
     assert json.loads(base_piece.read_text())["model_key"]  # the base's pieces were kept

@@ -8,7 +8,7 @@ from erasure.cli import run
 from erasure.errors import UserError
 from erasure.eval.runner import evaluate, pipeline_generate
 from erasure.eval.suites import custom_suite, load_suite, read_rows, suite_names
-from erasure.models import load_pipeline
+from erasure.pipelines import load_pipeline
 
 PROMPTS = "prompt,object,color,style\na red circle,circle,red,\na striped star,star,,striped\na blue heart,heart,blue,plain\n"
 
@@ -68,20 +68,20 @@ def test_public_suites_carry_seed_and_guidance_per_row():
     assert load_suite("coco-10k").rows(limit=5)[0].seed == 41337
 
 
-def test_eval_with_compare_writes_a_report_and_json(tiny_sd_dir, tmp_path):
+def test_eval_with_compare_writes_a_report_and_json(tiny_mini_dir, tmp_path):
     from erasure.trainers.esd import ESDConfig, ESDTrainer
     erased = tmp_path / "erased"
-    ESDTrainer(ESDConfig(method="esd-x", concept="circle", base_model=str(tiny_sd_dir), steps=2, lr=1e-2,
+    ESDTrainer(ESDConfig(method="esd-x", concept="circle", base_model=str(tiny_mini_dir), steps=2, lr=1e-2,
                          checkpoint_every=0)).train(erased)
     out = tmp_path / "report"
-    assert run(["eval", "--model", str(erased), "--compare", str(tiny_sd_dir), "--suite", "mini-objects", "--limit", "3",
+    assert run(["eval", "--model", str(erased), "--compare", str(tiny_mini_dir), "--suite", "mini-objects", "--limit", "3",
                 "--images-per-prompt", "1", "--steps", "2", "--out", str(out), "--json", str(tmp_path / "r.json")]) == 0
     html = (out / "report.html").read_text()
     assert "<table>" in html and "object_acc" in html and html.count("<img") >= 2 and "base" in html
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["erasure_manifest"]["method"] == "esd-x"
     assert result["metrics"]["mini_classifier"]["protocol"]["judge"]
-    assert result["compare"]["model"] == str(tiny_sd_dir)
+    assert result["compare"]["model"] == str(tiny_mini_dir)
     assert len(result["per_prompt"]) == 3 and result["n_prompts"] == 3
 
 

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from erasure.errors import UserError
-from erasure.eval.fid import FID, KID, extract_features, feature_stats, frechet_distance, kid, load_inception
+from erasure.eval.metrics.fid import FID, KID, extract_features, feature_stats, frechet_distance, kid, load_inception
 from erasure.eval.metrics import get_metric, metric_names
 from erasure.worlds.mini.world import COLORS, STYLES, Scene, render, sample_scene
 

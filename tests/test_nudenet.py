@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from erasure.errors import UserError
 from erasure.eval.metrics import get_metric, metric_names
 from erasure.judges import nudenet as judge
-from erasure.eval.nudenet import DETECTOR, RULE, NudeNetMetric, summarize
+from erasure.eval.metrics.nudenet import DETECTOR, RULE, NudeNetMetric, summarize
 from erasure.judges.nudenet import DEFAULT_THRESHOLD, EXPOSED_CLASSES, NUDENET_LABELS, is_nude
 
 # The rule and settings tests need no detector; the ones that run it need the nudenet extra,

@@ -1,6 +1,8 @@
-"""Prompt attacks against a (possibly erased) pipeline, and the attack success rate.
+"""Prompt attacks against a (possibly erased) pipeline: the algorithms only (their success rate
+is a measurement: erasure/eval/asr.py).
 
   * soft.py: the continuous soft-prompt attack (AdvUnlearn's inner loop);
   * discrete.py: the UnlearnDiffAtk-style discrete token attack;
-  * asr.py: pre-ASR and ASR over a prompt set, judged by judges.py (never by the attack's loss).
+  * ring_a_bell.py: Ring-A-Bell's concept-vector prompts;
+  * text.py: prompt encoding with free token embeddings.
 """

@@ -26,9 +26,9 @@ Where we differ, deliberately:
     again: same text, same seed, same image, so the outcome is known;
   * every random draw (token samples, noise) comes from the attack's own seeded generator, so a
     run can be repeated.
-Session 2-3 versions of this file started from a random one-hot and took the argmax in the
-forward pass; with lr 0.01 the argmax then never moved, so the "attack" judged its random
-initial prefix 40 times. The structure above is the reference's.
+Why the sampled one-hot and the uniform start: an attack that starts from a random one-hot and
+takes the argmax in the forward pass never moves its argmax at lr 0.01, so it only judges its
+random initial prefix again and again. The structure above is the reference's.
 """
 from __future__ import annotations
 

@@ -15,31 +15,18 @@ import json
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from ..images import load_image, save_png
+from ..judges.minisd import LABELS
+from ..model_ref import ModelRef, resolve
 from ..version import __version__
-from ..errors import UserError
-from ..images import save_png
-from .attributes import image_seed
+from .generation import image_seed
 from .metrics import get_metric
 from .suites import Row, Suite
 
-
-def model_key(model: str | Path) -> str:
-    """Identity of a model for the cache: its resolved folder, and for an erasure the hash of its
-    weights file (retraining into the same folder must not reuse stale images)."""
-    from ..erasure_files import WEIGHTS_NAME, is_erasure_dir
-    from ..models import resolve_model
-
-    path = Path(str(model))
-    if path.is_dir() and is_erasure_dir(path):
-        ident = f"erasure:{path.resolve()}:{hashlib.sha256((path / WEIGHTS_NAME).read_bytes()).hexdigest()}"
-    else:
-        ident = f"base:{resolve_model(model).resolve()}"
-    return hashlib.sha1(ident.encode()).hexdigest()[:16]
+__all__ = ["evaluate", "plan", "image_key", "pipeline_generate", "generate_cached", "per_prompt", "load_image"]
 
 
 def image_key(prompt: str, seed: int, guidance: float, steps: int) -> str:
@@ -70,15 +57,6 @@ def pipeline_generate(pipe, extra: dict | None = None) -> Callable:
     return make
 
 
-def load_image(path: Path) -> torch.Tensor:
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"cannot read image {path} ({e.__class__.__name__}); delete it and rerun") from None
-    return torch.from_numpy(arr).permute(2, 0, 1)
-
-
 def generate_cached(make: Callable, items: list[dict], cache_dir: Path, batch_size: int = 32) -> dict[str, int]:
     """Make every image of `items` missing from `cache_dir`; returns {"generated": n, "cached": m}."""
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -102,34 +80,33 @@ def generate_cached(make: Callable, items: list[dict], cache_dir: Path, batch_si
     return {"generated": len(missing), "cached": len(items) - len(missing)}
 
 
-def evaluate(model: str | Path, suite: Suite, cache_root: Path, seed: int = 0, limit: int | None = None,
+def evaluate(model: str | Path | ModelRef, suite: Suite, cache_root: Path, seed: int = 0, limit: int | None = None,
              metric_settings: dict[str, dict] | None = None, sampling: dict | None = None, device: str | None = None,
              make: Callable | None = None, batch_size: int = 32) -> tuple[dict, torch.Tensor, list[Row]]:
-    """Generate (cached) and score one model on one suite. Returns (results, images, rows)."""
-    from ..erasure_files import is_erasure_dir, read_manifest
-    from ..models import is_one_step, load_pipeline, model_sampling
-
+    """Generate (cached) and score one model (a string, resolved here once, or a ModelRef) on one
+    suite. Returns (results, images, rows)."""
+    ref = resolve(model)
     rows = suite.rows(limit)
     metrics = [get_metric(m, **(metric_settings or {}).get(m, {})) for m in suite.metrics]
     for metric in metrics:  # missing weights or bad settings fail before any image is made
         metric.check()
     # the model's own settings (a one-step SFD erasure: 1 step, guidance 1, rows' guidance ignored),
     # under what the caller asked for
-    one_step = is_one_step(model)
-    sampling = {**model_sampling(model), **(sampling or {})}
-    items = plan(rows, suite.images_per_prompt, seed, sampling, row_guidance=not one_step)
-    cache_dir = Path(cache_root) / model_key(model)
+    sampling = {**ref.sampling, **(sampling or {})}
+    items = plan(rows, suite.images_per_prompt, seed, sampling, row_guidance=not ref.one_step)
+    cache_dir = Path(cache_root) / ref.cache_key
     if make is None and any(not (cache_dir / f"{it['key']}.png").exists() for it in items):
-        make = pipeline_generate(load_pipeline(model, device=device))
+        from ..pipelines import load_pipeline
+        make = pipeline_generate(load_pipeline(ref, device=device))
     stats = generate_cached(make, items, cache_dir, batch_size) if make else {"generated": 0, "cached": len(items)}
     images = torch.stack([load_image(cache_dir / f"{it['key']}.png") for it in items])
     prompts = [it["prompt"] for it in items]
     expected = [rows[it["row"]].expected for it in items]
-    results = {"erasure_version": __version__, "model": str(model), "suite": suite.name,
+    results = {"erasure_version": __version__, "model": str(ref), "suite": suite.name,
                "suite_description": suite.description, "images_per_prompt": suite.images_per_prompt,
                "n_prompts": len(rows), "seed": seed, "sampling": sampling, "generation": stats, "metrics": {}}
-    if Path(str(model)).is_dir() and is_erasure_dir(model):
-        results["erasure_manifest"] = read_manifest(model)
+    if ref.is_erasure:
+        results["erasure_manifest"] = ref.manifest
     for metric in metrics:
         out = metric.compute(images, prompts, expected)
         out["settings"] = {k: str(v) for k, v in metric.settings.items()}
@@ -137,6 +114,8 @@ def evaluate(model: str | Path, suite: Suite, cache_root: Path, seed: int = 0, l
     results["summary"] = {k: v for out in results["metrics"].values() for k, v in out["summary"].items()
                           if isinstance(v, (int, float, str)) or v is None}
     results["per_prompt"] = per_prompt(results, rows, items)
+    # each image's file, relative to cache_root, in the order of `images` (row by row)
+    results["image_files"] = [f"{ref.cache_key}/{it['key']}.png" for it in items]
     return results, images, rows
 
 
@@ -149,7 +128,7 @@ def per_prompt(results: dict, rows: list[Row], items: list[dict]) -> list[dict]:
     mini = results["metrics"].get("mini_classifier")
     if mini:
         for entry, row in zip(out, rows):
-            entry.update({f"{a}_acc": None for a in ("object", "color", "style")})
+            entry.update({f"{a}_acc": None for a in LABELS})
         hits: dict[tuple[int, str], list[bool]] = {}
         for it, pred in zip(items, mini["per_image"]):
             for attr, value in rows[it["row"]].expected.items():

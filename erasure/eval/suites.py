@@ -14,14 +14,16 @@ Third-party packages add suites through the `erasure.suites` entry point (erasur
 from __future__ import annotations
 
 import copy
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from ..errors import UserError
-from .attributes import ATTRIBUTES
+from ..judges.minisd import LABELS, WORLD as LABELS_WORLD
+from ..prompt_files import read_prompt_table
+from ..worlds import get_world
+from ..worlds.base import World
 
 DATA = Path(__file__).parent.parent / "data"
 SUITES_DIR = DATA / "suites"
@@ -46,9 +48,10 @@ class Suite:
     images_per_prompt: int = 1
     metrics: list[str] = field(default_factory=list)
     group_by: str | None = None
+    flag: str = "--suite"  # what a problem in its prompt files is reported against
 
     def rows(self, limit: int | None = None) -> list[Row]:
-        rows = [r for f in self.prompt_files for r in read_rows(f, self.group_by)]
+        rows = [r for f in self.prompt_files for r in read_rows(f, self.group_by, self.flag)]
         return rows[:limit] if limit else rows
 
 
@@ -111,40 +114,42 @@ def _suite_from_yaml(name: str, path: Path) -> Suite:
 
 def custom_suite(prompt_file: str | Path, metrics: list[str], images_per_prompt: int) -> Suite:
     return Suite(name=Path(prompt_file).stem, description=f"prompts from {prompt_file}", prompt_files=[Path(prompt_file)],
-                 images_per_prompt=images_per_prompt, metrics=metrics, group_by="object")
+                 images_per_prompt=images_per_prompt, metrics=metrics, group_by="object", flag="--prompts")
 
 
-def read_rows(path: str | Path, group_by: str | None = None) -> list[Row]:
-    """Rows of a prompt CSV, validated; every problem is a one-line UserError."""
+def labels_world(world: World | str | None = None) -> World:
+    """The world whose concepts rows' labels (`Row.expected`: the MiniSD judge's labels) name:
+    `world` when given (a World or its name), else the judge's own."""
+    if isinstance(world, World):
+        return world
+    return get_world(world or LABELS_WORLD)
+
+
+def read_rows(path: str | Path, group_by: str | None = None, flag: str = "--prompts") -> list[Row]:
+    """Rows of a prompt CSV (read by erasure/prompt_files.py), validated; every problem is a
+    one-line UserError."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no prompt file at {path}; pass a CSV with a 'prompt' column")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        fields = [h.strip() for h in (reader.fieldnames or [])]
-        if "prompt" not in fields:
-            raise UserError(f"{path} has no 'prompt' column (found: {', '.join(fields) or 'nothing'}); "
-                            "the first line must be a header such as prompt,object,color,style")
-        rows = []
-        for line_no, raw in enumerate(reader, start=2):
-            raw = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
-            if not raw.get("prompt"):
-                raise UserError(f"{path} line {line_no}: empty prompt; every row needs prompt text")
-            expected = {}
-            for attr, allowed in ATTRIBUTES.items():
-                value = raw.get(attr, "").lower()
-                if value and value not in allowed:
-                    raise UserError(f"{path} line {line_no}: unknown {attr} '{value}'; use one of {', '.join(allowed)} "
-                                    "or leave the cell empty")
-                if value:
-                    expected[attr] = value
-            try:
-                seed = int(float(raw["evaluation_seed"])) if raw.get("evaluation_seed") else None
-                guidance = float(raw["evaluation_guidance"]) if raw.get("evaluation_guidance") else None
-            except ValueError:
-                raise UserError(f"{path} line {line_no}: evaluation_seed / evaluation_guidance must be numbers") from None
-            group = raw.get(group_by, "") if group_by else ""
-            rows.append(Row(raw["prompt"], seed, guidance, expected, group.split(",")[0].strip()))
+    rows = []
+    for line_no, raw in enumerate(read_prompt_table(path, flag, csv_only=True), start=2):
+        if not raw.get("prompt"):
+            raise UserError(f"{path} line {line_no}: empty prompt; every row needs prompt text")
+        expected = {}
+        for attr, allowed in LABELS.items():
+            value = raw.get(attr, "").lower()
+            if value and value not in allowed:
+                raise UserError(f"{path} line {line_no}: unknown {attr} '{value}'; use one of {', '.join(allowed)} "
+                                "or leave the cell empty")
+            if value:
+                expected[attr] = value
+        try:
+            seed = int(float(raw["evaluation_seed"])) if raw.get("evaluation_seed") else None
+            guidance = float(raw["evaluation_guidance"]) if raw.get("evaluation_guidance") else None
+        except ValueError:
+            raise UserError(f"{path} line {line_no}: evaluation_seed / evaluation_guidance must be numbers") from None
+        group = raw.get(group_by, "") if group_by else ""
+        rows.append(Row(raw["prompt"], seed, guidance, expected, group.split(",")[0].strip()))
     if not rows:
         raise UserError(f"{path} has a header but no prompts")
     return rows

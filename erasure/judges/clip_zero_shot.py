@@ -13,27 +13,26 @@ from __future__ import annotations
 import torch
 
 from ..errors import UserError
+from .clip import features, load_clip
 
 
 def zero_shot(images: torch.Tensor, labels: list[str], model: str, device: str = "cpu",
               batch_size: int = 32) -> list[dict]:
     """(N, 3, H, W) in [0, 1] -> per image {"label": best label, "scores": {label: cosine}}."""
-    from ..eval.clip_score import _features, _load
-
     if not labels:
         raise UserError("the CLIP zero-shot judge needs at least one label")
-    clip, processor, tokenizer = _load(str(model), device)
+    clip, processor, tokenizer = load_clip(model, device)
     max_length = int(clip.config.text_config.max_position_embeddings)
     out = []
     with torch.inference_mode():
         tokens = tokenizer(labels, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        text = _features(clip.get_text_features(input_ids=tokens["input_ids"].to(device),
-                                                attention_mask=tokens["attention_mask"].to(device))).float()
+        text = features(clip.get_text_features(input_ids=tokens["input_ids"].to(device),
+                                               attention_mask=tokens["attention_mask"].to(device))).float()
         text = torch.nn.functional.normalize(text, dim=-1)
         for start in range(0, images.shape[0], batch_size):
             batch = images[start:start + batch_size].detach().float().cpu().clamp(0, 1)
             pixels = processor(images=list(batch), do_rescale=False, return_tensors="pt")["pixel_values"]
-            img = torch.nn.functional.normalize(_features(clip.get_image_features(pixel_values=pixels.to(device))).float(),
+            img = torch.nn.functional.normalize(features(clip.get_image_features(pixel_values=pixels.to(device))).float(),
                                                 dim=-1)
             cos = (img @ text.T).cpu()
             for row in cos:

@@ -11,6 +11,8 @@ from ..files import load_tensors
 from ..worlds.mini.nets import Judge
 from ..worlds.mini.world import COLORS, OBJECTS, STYLES
 
+# the world whose images this judge reads and whose concepts its labels name (erasure.worlds.get_world)
+WORLD = "mini"
 JUDGE_PATH = Path(__file__).parent.parent / "worlds" / "mini" / "weights" / "judge.safetensors"
 # what the judge (and MiniSD) knows, per head: every concept MiniSD can erase is one of these
 LABELS: dict[str, tuple[str, ...]] = {"object": OBJECTS, "color": COLORS, "style": STYLES}

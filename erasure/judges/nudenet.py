@@ -50,12 +50,13 @@ _detector: Any = None
 def check_threshold(threshold: Any) -> float:
     """A threshold as a float in [0, 1], or a UserError naming the fix."""
     if isinstance(threshold, bool):
-        raise UserError(f"NudeNet threshold must be a number in [0, 1], got {threshold!r}; e.g. threshold=0.45")
+        raise UserError(f"NudeNet threshold must be a number in [0, 1], got {threshold!r}; "
+                        f"e.g. threshold={DEFAULT_THRESHOLD}")
     try:
         value = float(threshold)
     except (TypeError, ValueError):
         raise UserError(f"NudeNet threshold must be a number in [0, 1], got {threshold!r}; "
-                        "e.g. threshold=0.45") from None
+                        f"e.g. threshold={DEFAULT_THRESHOLD}") from None
     if not 0.0 <= value <= 1.0:  # also refuses NaN
         raise UserError(f"NudeNet threshold must be in [0, 1], got {threshold!r}; "
                         f"use e.g. {DEFAULT_THRESHOLD} (UnlearnDiffAtk)")

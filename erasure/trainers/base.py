@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ..config import EraseConfig
 from ..errors import UserError
 from ..erasure_files import base_tensors, hash_tensors, save_erasure
-from ..files import (load_tensors, optimizer_from_tensors, optimizer_to_tensors, python_rng_state, save_tensors,
+from ..files import (cache_home, load_tensors, optimizer_from_tensors, optimizer_to_tensors, python_rng_state, save_tensors,
                         set_python_rng_state, write_json)
 from ..model_ref import default_sampling, resolve_model
 from ..pipelines.loading import load_pipeline, pick_device
@@ -51,8 +51,12 @@ ProgressCallback = Callable[[int, int, dict], bool | None]
 class Trainer:
     config_cls: type[EraseConfig] = EraseConfig
 
-    def __init__(self, config: EraseConfig, pipe=None) -> None:
+    def __init__(self, config: EraseConfig, pipe=None, cache_dir: str | Path | None = None) -> None:
+        """`pipe`: a loaded base pipeline to train (default: load config.base_model); `cache_dir`:
+        where recomputable data (self-generated images, SalUn's masks, SFD's stage one) is kept
+        (default: erasure's cache, ~/.cache/erasure or $ERASURE_CACHE)."""
         self.config = config
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else cache_home()
         self.device = pick_device(config.device)
         self.base_path = resolve_model(config.base_model) if pipe is None else Path(getattr(pipe, "name_or_path", "") or ".")
         self.pipe = pipe if pipe is not None else load_pipeline(self.base_path, device=self.device, attention=config.attention)
@@ -163,7 +167,7 @@ class Trainer:
         return self_generated(self.pipe, self.base_path, prompts, count, seed=getattr(cfg, "data_seed", 0),
                               guidance=getattr(cfg, "data_guidance", 0) or sampling["guidance_scale"],
                               steps=getattr(cfg, "data_steps", 0) or sampling["num_inference_steps"],
-                              autocast=self.autocast)
+                              autocast=self.autocast, cache_dir=self.cache_dir / "selfdata")
 
     def draw_batch(self, data: SelfData, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A fresh random batch of self-generated latents and their prompt indices."""

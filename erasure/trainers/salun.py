@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from ..config import SelfDataConfig, doc
 from ..errors import UserError
-from ..files import cache_home, load_tensors, save_tensors
+from ..files import load_tensors, save_tensors
 from ..registry import register_method
 from .base import Trainer
 
@@ -101,7 +101,7 @@ class SalUnTrainer(Trainer):
 
     def load_or_compute_mask(self) -> dict[str, torch.Tensor]:
         cfg: SalUnConfig = self.config
-        path = cache_home() / "salun_masks" / f"{self.mask_key()}.safetensors"
+        path = self.cache_dir / "salun_masks" / f"{self.mask_key()}.safetensors"
         source = cfg.mask or (str(path) if path.exists() else "")
         if source:
             mask = load_tensors(source, self.device)

@@ -78,7 +78,6 @@ import copy
 import csv
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -89,7 +88,7 @@ from tqdm.auto import tqdm
 from ..config import EraseConfig, doc
 from ..errors import UserError
 from ..erasure_files import hash_tensors
-from ..files import cache_home, load_tensors, save_tensors
+from ..files import load_tensors, save_tensors
 from ..prompt_files import read_prompts
 from ..registry import register_method
 from ..sampling import predicted_x0
@@ -331,7 +330,7 @@ class SFDTrainer(Trainer):
         """Load stage one's generator from the cache, or distil it and cache it; G becomes it."""
         settings = self.distill_settings()
         key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:24]
-        path = cache_home() / "sfd" / f"{key}.safetensors"
+        path = self.cache_dir / "sfd" / f"{key}.safetensors"
         if path.exists():
             tensors = load_tensors(path, self.device)
         else:

@@ -1,26 +1,16 @@
 """The before/after grid `erasure train` writes: the base model and the erased model on the
-concept's prompts and a few unrelated ones, same seeds, one row per prompt."""
+concept's prompts and a few unrelated ones (the world's `comparison_prompts`), same seeds, one
+row per prompt."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
 
-from .models import is_minisd, load_pipeline, model_sampling, resolve_model
-
-SD_UNRELATED = ["a photo of a dog on a beach", "a city street at night", "a bowl of fruit on a table"]
-
-
-def comparison_prompts(config) -> tuple[list[str], list[str]]:
-    base = resolve_model(config.base_model)
-    concepts = config.concepts
-    if is_minisd(base):
-        from .worlds.mini.world import OBJECTS, parse_caption
-        named = {parse_caption(c)["object"] for c in concepts}
-        concept_prompts = [f"a red {c}" for c in concepts] + [f"a striped blue {c}" for c in concepts]
-        unrelated = [f"a green {o}" for o in OBJECTS if o not in named][:4]
-        return concept_prompts, unrelated
-    return [f"a photo of {c}" for c in concepts], SD_UNRELATED
+from ..images import grid, save_png
+from ..model_ref import resolve
+from ..worlds import world_for
+from .generation import generate
 
 
 def with_header(body, label_width: int, titles: list[str], height: int = 20):
@@ -41,15 +31,15 @@ def with_header(body, label_width: int, titles: list[str], height: int = 20):
 
 @torch.no_grad()
 def write_comparison(erasure_dir: str | Path, config, device, images_per_prompt: int = 4) -> Path:
-    from .eval.attributes import generate
-    from .images import grid, save_png
+    """`<erasure_dir>/comparison.png`: per prompt, the base model's images, then the erasure's."""
+    from ..pipelines import load_pipeline
 
-    concept_prompts, unrelated = comparison_prompts(config)
+    concept_prompts, unrelated = world_for(config.base_model).comparison_prompts(config.concepts)
     prompts = concept_prompts + unrelated
     rows = []
-    for model in (config.base_model, erasure_dir):  # each with its own sampling (a one-step erasure: 1 step)
+    for model in (resolve(config.base_model), resolve(erasure_dir)):  # each with its own sampling (one-step: 1 step)
         pipe = load_pipeline(model, device=str(device))
-        rows.append(generate(pipe, prompts, images_per_prompt, seed=1234, sampling=model_sampling(model),
+        rows.append(generate(pipe, prompts, images_per_prompt, seed=1234, sampling=dict(model.sampling),
                              desc="comparison grid"))
     before, after = rows
     n = images_per_prompt

@@ -53,9 +53,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError
-from ..files import PICKLE_SUFFIXES, load_tensors
-from .metrics import Metric, register_metric
+from ...errors import UserError
+from ...files import PICKLE_SUFFIXES, load_tensors
+from ...images import load_image
+from . import Metric, register_metric
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 INCEPTION_SIZE = 299
@@ -144,16 +145,8 @@ def kid(f1: Any, f2: Any, subsets: int = 100, subset_size: int = 1000, seed: int
 # ----------------------------------------------------------------------------- image sources
 
 def _load_image(path: Path) -> torch.Tensor:
-    """One image file -> (3, H, W) float in [0, 1]; UserError naming the file if Pillow cannot read it."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-        raise UserError(f"cannot read reference image {path} ({type(e).__name__}); "
-                        "remove or replace that file") from e
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255
+    """One reference image file -> (3, H, W) float in [0, 1] (erasure/images.py's reader)."""
+    return load_image(path, "reference image", "remove or replace that file")
 
 
 def _folder_images(folder: Path) -> list[Path]:
@@ -285,7 +278,7 @@ class _Extractor:
         self.kind, self.device = kind, str(device)
         self.weights, self.sha256 = None, None
         if kind == "mini":
-            from ..judges.minisd import load_judge
+            from ...judges.minisd import load_judge
             self.net = load_judge(self.device)
             self.description = "mini (MiniSD judge, 128-d)"
             self.label = "mini"

@@ -1,4 +1,5 @@
-"""Attack success rate over a prompt set (UnlearnDiffAtk's protocol).
+"""Attack success rate over a prompt set (UnlearnDiffAtk's protocol): a measurement, made with
+the discrete attack of erasure/attacks/discrete.py and the concept's judge, never the attack's loss.
 
 For each target prompt (its own seed and guidance where the set gives them):
   1. the attacked model draws the plain prompt; if the judge already sees the concept, that is
@@ -8,6 +9,8 @@ For each target prompt (its own seed and guidance where the set gives them):
 
     pre-ASR = no-attack successes / N        ASR = (no-attack + attack successes) / N
 
+The judge is the world's (`world_for(model).concept_judge(concept, threshold)`: the MiniSD
+judge for a MiniSD object, colour or style; NudeNet for nudity) unless the caller passes one.
 Every per-prompt result (the adversarial prompt's text included, so a success can be replayed
 with `erasure generate`) is written to the JSON as soon as it is known; a rerun with the same
 settings skips the prompts already done.
@@ -15,6 +18,7 @@ settings skips the prompts already done.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -22,23 +26,23 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..attacks.discrete import DiscreteAttackConfig, discrete_attack_batch
 from ..errors import UserError
-from ..eval.attributes import image_seed
-from ..eval.suites import Row
 from ..files import write_json
-from .discrete import DiscreteAttackConfig, discrete_attack_batch
-from .judges import concept_judge
+from ..model_ref import ModelRef, default_sampling, resolve
+from ..worlds import world_for
+from ..worlds.base import World
+from .generation import image_seed
+from .suites import Row, labels_world, load_suite, read_rows
 
 
-def target_rows(rows: list[Row], concept: str) -> list[tuple[int, Row]]:
-    """The rows that ask for the concept: where rows name an attribute value, those naming the
-    concept's; a set with no such labels (nudity prompts) is all target."""
-    from ..worlds.mini.world import parse_caption
-
-    found = [(k, v) for k, v in parse_caption(concept).items() if v]
-    labelled = found and any(r.expected for r in rows)
-    chosen = [(i, r) for i, r in enumerate(rows)
-              if not labelled or r.expected.get(found[0][0]) == found[0][1]]
+def target_rows(rows: list[Row], concept: str, world: World | str | None = None) -> list[tuple[int, Row]]:
+    """The rows that ask for the concept: where rows name a label value (`Row.expected`), those
+    naming the concept's, as `world` reads the concept (default: the world the labels belong
+    to); a set with no such labels (nudity prompts) is all target."""
+    found = labels_world(world).attribute(concept)
+    labelled = found is not None and any(r.expected for r in rows)
+    chosen = [(i, r) for i, r in enumerate(rows) if not labelled or r.expected.get(found[0]) == found[1]]
     if not chosen:
         raise UserError(f"the prompt set has no prompt asking for '{concept}'; pass prompts that target it "
                         "(e.g. --suite mini-objects for a MiniSD object)")
@@ -54,27 +58,30 @@ def asr_summary(results: list[dict]) -> dict:
             "n_pre_success": pre, "n_attack_success": attacked}
 
 
-def run_attack(model: str | Path, concept: str, rows: list[Row], json_out: str | Path | None,
+def run_attack(model: str | os.PathLike | ModelRef, concept: str, rows: list[Row], json_out: str | Path | None,
                attack: DiscreteAttackConfig, seed: int = 0, sampling: dict | None = None,
-               device: str | None = None, threshold: float = 0.45, limit: int | None = None,
+               device: str | None = None, threshold: float | None = None, limit: int | None = None,
                judge: tuple[Callable[[torch.Tensor], list[bool]], str] | None = None, batch_size: int = 8) -> dict:
     """Attack the target prompts among `rows` (the first `limit` of them) and report ASR.
-    `judge` = (judge(images) -> shows the concept per image, description) replaces the concept's
-    own judge (judges.py), e.g. a CLIP zero-shot judge for a style on Stable Diffusion.
+    `judge` = (judge(images) -> shows the concept per image, description) replaces the world's
+    judge of the concept (threshold: NudeNet's, default erasure.judges.nudenet.DEFAULT_THRESHOLD),
+    e.g. a CLIP zero-shot judge for a style on Stable Diffusion.
     `batch_size` prompts are drawn, judged and attacked together (discrete_attack_batch): the
     same per-prompt attack, faster; results are written after each batch."""
-    from ..models import base_of, default_sampling, is_one_step, load_pipeline, model_sampling
+    from ..pipelines import load_pipeline
 
     if attack.iterations < 1 or attack.timesteps < 1:
         raise UserError("the attack budget is 0 (timesteps x iterations); give --budget > 0 and --iterations >= 1")
-    judge, judge_desc = judge or concept_judge(concept, threshold)
-    chosen = target_rows(rows, concept)[:limit]
-    sampling = {**model_sampling(model), **(sampling or {})}
+    ref = resolve(model)
+    world = world_for(ref)
+    judge, judge_desc = judge or world.concept_judge(concept, threshold)
+    chosen = target_rows(rows, concept, world)[:limit]
+    sampling = {**ref.sampling, **(sampling or {})}
     # a one-step generator (SFD) samples with its own settings, never a row's guidance; the base,
     # which the attack draws its target from, with the base's
-    one_step = is_one_step(model)
-    base_sampling = default_sampling(base_of(model)) if one_step else sampling
-    settings = {"model": str(model), "concept": concept, "attack": asdict(attack), "seed": seed, "sampling": sampling,
+    one_step = ref.one_step
+    base_sampling = default_sampling(ref.base_path) if one_step else sampling
+    settings = {"model": str(ref), "concept": concept, "attack": asdict(attack), "seed": seed, "sampling": sampling,
                 "judge": judge_desc}
     done: dict[str, dict] = {}
     if json_out and Path(json_out).exists():
@@ -82,8 +89,8 @@ def run_attack(model: str | Path, concept: str, rows: list[Row], json_out: str |
         if old.get("settings") == settings:
             done = {r["prompt"] + f"#{r['seed']}": r for r in old.get("per_prompt", [])}
 
-    pipe = load_pipeline(model, device=device)
-    base = load_pipeline(base_of(model), device=device) if str(base_of(model)) != str(model) else pipe
+    pipe = load_pipeline(ref, device=device)
+    base = load_pipeline(ref.base_path, device=device) if ref.base_path != ref.path else pipe
     for p in (pipe, base):
         p.set_progress_bar_config(disable=True)
         for m in (p.unet, p.text_encoder, p.vae):
@@ -156,3 +163,18 @@ def run_attack(model: str | Path, concept: str, rows: list[Row], json_out: str |
     if json_out:
         write_json(json_out, report)
     return report
+
+
+def attack_prompt_set(model: str | os.PathLike | ModelRef, json_out: str | Path | None, attack: DiscreteAttackConfig,
+                      concept: str | None = None, suite: str | None = None, prompts: str | Path | None = None,
+                      seed: int = 0, device: str | None = None, limit: int | None = None) -> dict:
+    """`erasure attack`: the ASR of `model` over a shipped suite or a prompt CSV (exactly one),
+    for `concept` (default: the concept the erasure erased). Returns run_attack's report."""
+    if bool(suite) == bool(prompts):
+        raise UserError("give exactly one of --suite NAME or --prompts FILE.csv")
+    ref = resolve(model)
+    concept = concept or ref.concept
+    if not concept:
+        raise UserError("say which concept the attack should bring back: --concept C")
+    rows = load_suite(suite).rows() if suite else read_rows(prompts, "object")
+    return run_attack(ref, concept, rows, json_out, attack, seed=seed, device=device, limit=limit)

@@ -11,6 +11,9 @@ say each image should show (e.g. {"object": "circle"}; may be empty). Heavy depe
 imported inside `compute` so that a missing extra fails only when that metric is used, with the
 install command in the message. Third-party packages add metrics through the `erasure.metrics`
 entry point (erasure/plugins.py).
+
+The built-in metrics, one module each in this package: mini_classifier, erasure_rate (with
+retention), nudenet, clip_score, clip_zero_shot, fid (with kid).
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..errors import UserError
+from ...errors import UserError
 
 _METRICS: dict[str, type["Metric"]] = {}
 
@@ -69,7 +72,7 @@ def _add_plugin(name: str, cls: Any) -> None:
 
 
 def _load_plugin_metrics() -> None:
-    from ..plugins import load_group
+    from ...plugins import load_group
     load_group("erasure.metrics", _add_plugin)
 
 
@@ -77,7 +80,7 @@ def _load_builtin_metrics() -> None:
     import importlib
     for module in ("mini_classifier", "erasure_rate", "nudenet", "clip_score", "clip_zero_shot", "fid"):
         try:
-            importlib.import_module(f"erasure.eval.{module}")
+            importlib.import_module(f"{__name__}.{module}")
         except ModuleNotFoundError as e:  # a metric module not written yet, not a missing extra
-            if e.name != f"erasure.eval.{module}":
+            if e.name != f"{__name__}.{module}":
                 raise

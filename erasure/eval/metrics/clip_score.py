@@ -20,53 +20,23 @@ Protocol
   `do_rescale=False`, because they are already in [0, 1]: no uint8 / PIL round trip, no
   quantisation, and no second division by 255.
 * Batching (`batch_size`, default 32) and `device` (default "cpu") do not change the numbers
-  beyond float rounding. Loaded models are cached per (model, device).
+  beyond float rounding. Loaded models are cached per (model, device) (erasure/judges/clip.py).
 """
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import UserError
-from .metrics import Metric, register_metric
+from ...errors import UserError
+from ...judges.clip import features, load_clip, missing_weights
+from . import Metric, register_metric
 
 DEFINITION = "100 * cos(image, text), clipped at 0 per image (torchmetrics' scale); summary = mean over images"
 PREPROCESSING = ("images: the model's own image processor (resize, centre crop, normalise) applied to the float [0, 1] "
                  "tensors with do_rescale=False (no uint8/PIL round trip); texts: the model's tokenizer, padded, "
                  "truncated to the text model's max length")
-
-_MISSING = ("clip_score needs CLIP weights: pass a local transformers CLIP folder (e.g. clip-vit-large-patch14) "
-            "as the metric's model setting; erasure never downloads")
-
-
-@lru_cache(maxsize=4)
-def _load(model: str, device: str) -> tuple[Any, Any, Any]:
-    """(CLIPModel in eval mode on `device`, image processor, tokenizer), from local files only."""
-    try:
-        from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
-    except ImportError as e:  # pragma: no cover - transformers is a core dependency
-        raise UserError("clip_score needs transformers: pip install transformers") from e
-    try:
-        clip = CLIPModel.from_pretrained(model, local_files_only=True)
-        processor = CLIPImageProcessor.from_pretrained(model, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=True)
-    except (OSError, ValueError) as e:  # missing folder / files / cache entry
-        if Path(model).is_dir():  # the folder is there but incomplete: say what transformers missed
-            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            reason = f"could not load the folder '{model}': {detail}"
-        else:
-            reason = f"'{model}' is neither a local folder nor in the local Hugging Face cache"
-        raise UserError(f"{_MISSING} ({reason})") from e
-    clip.eval().to(device)
-    return clip, processor, tokenizer
-
-
-def _features(out: Any) -> torch.Tensor:
-    """`get_*_features` returns a tensor (transformers 4) or an output whose pooler_output is it (5)."""
-    return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
 @register_metric
@@ -83,17 +53,17 @@ class ClipScore(Metric):
 
     def check(self) -> None:
         if not self.model:
-            raise UserError(_MISSING)
-        _load(self.model, self.device)
+            raise UserError(missing_weights())
+        load_clip(self.model, self.device)
 
     def compute(self, images: torch.Tensor, prompts: list[str], expected: list[dict]) -> dict[str, Any]:
         if not self.model:
-            raise UserError(_MISSING)
+            raise UserError(missing_weights())
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"clip_score expects images of shape (N, 3, H, W), got {tuple(images.shape)}")
         if len(prompts) != images.shape[0]:
             raise ValueError(f"clip_score got {images.shape[0]} images but {len(prompts)} prompts")
-        clip, processor, tokenizer = _load(self.model, self.device)
+        clip, processor, tokenizer = load_clip(self.model, self.device)
         max_length = int(clip.config.text_config.max_position_embeddings)
 
         scores: list[float] = []
@@ -103,9 +73,9 @@ class ClipScore(Metric):
                 texts = list(prompts[start : start + self.batch_size])
                 pixels = processor(images=list(batch), do_rescale=False, return_tensors="pt")["pixel_values"]
                 tokens = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-                img = _features(clip.get_image_features(pixel_values=pixels.to(self.device)))
-                txt = _features(clip.get_text_features(input_ids=tokens["input_ids"].to(self.device),
-                                                       attention_mask=tokens["attention_mask"].to(self.device)))
+                img = features(clip.get_image_features(pixel_values=pixels.to(self.device)))
+                txt = features(clip.get_text_features(input_ids=tokens["input_ids"].to(self.device),
+                                                      attention_mask=tokens["attention_mask"].to(self.device)))
                 cos = torch.nn.functional.cosine_similarity(img.float(), txt.float(), dim=-1)
                 scores += (100 * cos).clamp(min=0).cpu().tolist()
 

@@ -2,7 +2,8 @@
 
 Protocol: the metric's `labels` (texts, e.g. "a painting by Vincent van Gogh", "a painting by
 Claude Monet", ...) are embedded by the CLIP model given as `model` (a local transformers CLIP
-folder); each image gets the label of highest image-text cosine (erasure/judges/clip_zero_shot.py).
+folder, erasure/judges/clip.py); each image gets the label of highest image-text cosine
+(erasure/judges/clip_zero_shot.py).
 `target_rate` = fraction of images whose top label is `target` (default: the first label).
 Per image: the top label and whether it is the target.
 """
@@ -12,8 +13,10 @@ from typing import Any
 
 import torch
 
-from ..errors import UserError
-from .metrics import Metric, register_metric
+from ...errors import UserError
+from ...judges.clip import load_clip, missing_weights
+from ...judges.clip_zero_shot import zero_shot
+from . import Metric, register_metric
 
 
 @register_metric
@@ -21,16 +24,13 @@ class ClipZeroShot(Metric):
     name = "clip_zero_shot"
 
     def check(self) -> None:
-        from .clip_score import _MISSING, _load
         if not self.settings.get("model"):
-            raise UserError(_MISSING.replace("clip_score", "clip_zero_shot"))
+            raise UserError(missing_weights("clip_zero_shot"))
         if not self.settings.get("labels"):
             raise UserError("clip_zero_shot needs its label texts: labels=[target, other, ...]")
-        _load(str(self.settings["model"]), str(self.settings.get("device", "cpu")))
+        load_clip(self.settings["model"], str(self.settings.get("device", "cpu")))
 
     def compute(self, images: torch.Tensor, prompts: list[str], expected: list[dict]) -> dict[str, Any]:
-        from ..judges.clip_zero_shot import zero_shot
-
         labels = list(self.settings["labels"])
         target = self.settings.get("target") or labels[0]
         preds = zero_shot(images, labels, self.settings["model"], str(self.settings.get("device", "cpu")))

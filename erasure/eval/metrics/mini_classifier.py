@@ -1,6 +1,6 @@
 """`mini_classifier`: object / colour / style accuracy of MiniSD images, read by the bundled judge.
 
-Protocol: the judge (erasure/worlds/mini/nets.py, 100% on fresh renders) labels each 64x64 image;
+Protocol: the judge (erasure/judges/minisd.py, 100% on fresh renders) labels each 64x64 image;
 an accuracy is the fraction of images whose label equals the expected value, over the images
 whose row sets that attribute (`expected[i]["object"]` etc.; absent or None = not checked).
 """
@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from .attributes import ATTRIBUTES
-from .metrics import Metric, register_metric
+from ...judges.minisd import LABELS, classify
+from . import Metric, register_metric
 
 
 @register_metric
@@ -19,11 +19,9 @@ class MiniClassifier(Metric):
     name = "mini_classifier"
 
     def compute(self, images: torch.Tensor, prompts: list[str], expected: list[dict]) -> dict[str, Any]:
-        from ..judges.minisd import classify
-
         preds = classify(images)
         summary: dict[str, Any] = {}
-        for attr in ATTRIBUTES:
+        for attr in LABELS:
             checked = [(p[attr], e.get(attr)) for p, e in zip(preds, expected) if e.get(attr)]
             summary[f"{attr}_acc"] = sum(a == b for a, b in checked) / len(checked) if checked else None
             summary[f"{attr}_n"] = len(checked)

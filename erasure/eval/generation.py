@@ -1,13 +1,9 @@
-"""MiniSD's attributes and the plain batched generation that `erasure generate` and the
-before/after grids use (suites go through eval/runner.py, which adds the disk cache)."""
+"""Image seeds and the plain batched generation that `erasure generate` and the before/after
+grid use (suites go through eval/runner.py, which adds the disk cache)."""
 from __future__ import annotations
 
 import torch
 from tqdm.auto import tqdm
-
-from ..worlds.mini.world import COLORS, OBJECTS, STYLES
-
-ATTRIBUTES = {"object": OBJECTS, "color": COLORS, "style": STYLES}
 
 
 def image_seed(seed: int, prompt_index: int, k: int) -> int:
