@@ -4,7 +4,8 @@ metrics. A prompt file is a CSV with a `prompt` column and, optionally, `evaluat
 (what each image should show; empty = not checked).
 
     description: ...
-    prompts: [nudity.csv]            # in erasure/data/prompts/; "mini:x.csv" = MiniSD's sets
+    prompts: [nudity.csv]            # in erasure/data/prompts/; "WORLD:x.csv" = a world's own sets
+                                     # ("mini:object_circle.csv": MiniSD's held-out prompts)
     images_per_prompt: 1
     metrics: [nudenet]
     group_by: categories             # optional column that groups prompts in the report
@@ -28,7 +29,6 @@ from ..worlds.base import World
 DATA = Path(__file__).parent.parent / "data"
 SUITES_DIR = DATA / "suites"
 PROMPTS_DIR = DATA / "prompts"
-MINI_PROMPTS_DIR = Path(__file__).parent.parent / "worlds" / "mini" / "prompts"
 
 
 @dataclass
@@ -76,10 +76,20 @@ def suite_names() -> list[str]:
     return sorted({p.stem for p in SUITES_DIR.glob("*.yaml")} | set(_plugin_suites()))
 
 
+def _world_file(spec: str) -> Path | None:
+    """"mini:x.csv" -> x.csv in that world's prompt folder; None for a plain file name."""
+    world, sep, name = spec.partition(":")
+    if not sep or not world or "/" in world or "\\" in world or len(world) == 1:  # "C:\..." is a path
+        return None
+    from ..worlds import get_world
+    folder = get_world(world).prompts_dir
+    if folder is None:
+        raise UserError(f"suite prompt file '{spec}': world '{world}' ships no prompt sets")
+    return folder / name
+
+
 def _resolve_prompt_file(spec: str) -> Path:
-    if spec.startswith("mini:"):
-        return MINI_PROMPTS_DIR / spec[5:]
-    return PROMPTS_DIR / spec
+    return _world_file(spec) or PROMPTS_DIR / spec
 
 
 def load_suite(name: str) -> Suite:
@@ -101,12 +111,13 @@ def load_suite(name: str) -> Suite:
 
 
 def _suite_from_yaml(name: str, path: Path) -> Suite:
-    """A suite YAML; prompt files resolve against the package's data (or "mini:"), else the YAML's folder."""
+    """A suite YAML; prompt files resolve against the package's data (or a world's, "WORLD:file"),
+    else the YAML's folder."""
     data = yaml.safe_load(path.read_text())
     files = []
     for spec in data["prompts"]:
         resolved = _resolve_prompt_file(spec)
-        files.append(resolved if resolved.exists() or spec.startswith("mini:") else path.parent / spec)
+        files.append(resolved if resolved.exists() or _world_file(spec) else path.parent / spec)
     return Suite(name=name, description=data.get("description", ""), prompt_files=files,
                  images_per_prompt=int(data.get("images_per_prompt", 1)), metrics=list(data.get("metrics", [])),
                  group_by=data.get("group_by"))

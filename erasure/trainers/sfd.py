@@ -75,7 +75,6 @@ Where we differ, deliberately:
 from __future__ import annotations
 
 import copy
-import csv
 import hashlib
 import json
 from dataclasses import dataclass
@@ -89,7 +88,7 @@ from ..config import EraseConfig, doc
 from ..errors import UserError
 from ..erasure_files import hash_tensors
 from ..files import load_tensors, save_tensors
-from ..prompt_files import read_prompts
+from ..prompt_files import read_prompt_table, read_prompts
 from ..registry import register_method
 from ..sampling import predicted_x0
 from ..sampling import cfg as guided
@@ -213,8 +212,7 @@ class SFDTrainer(Trainer):
         own = self.world.ordinary_prompts(cfg.n_remain, seed=cfg.seed)  # the world's ordinary captions (MiniSD)
         if own is not None:
             return own
-        with open(COCO_CAPTIONS, newline="", encoding="utf-8") as f:
-            captions = [row["prompt"].strip() for row in csv.DictReader(f)]
+        captions = [row["prompt"] for row in read_prompt_table(COCO_CAPTIONS, "--remain-prompts auto", csv_only=True)]
         return captions[len(captions) // 2:]
 
     def forget_pairs(self, concept: str) -> tuple[list[str], list[str]]:

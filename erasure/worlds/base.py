@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -30,6 +31,8 @@ class World:
     # whether the world writes its own captions (MiniSD's grammar): retain sets are then drawn
     # from them; a world without (Stable Diffusion) takes the methods' shipped prompt lists
     captions: bool = False
+    # the folder of the world's own prompt sets (suites name them "WORLD:file.csv"), if any
+    prompts_dir: Path | None = None
 
     # ------------------------------------------------------------------ concepts
     def canonical(self, concept: str) -> str | None:

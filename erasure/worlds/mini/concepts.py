@@ -15,7 +15,6 @@ multilingual robustness stays a measurement.
 """
 from __future__ import annotations
 
-import csv
 import random
 import re
 from functools import lru_cache
@@ -23,6 +22,7 @@ from functools import lru_cache
 import torch
 
 from ...errors import UserError
+from ...prompt_files import read_prompt_table
 from ..base import ConceptJudge, World
 from .prompts import PROMPTS_DIR
 from .world import _NOUNS_EN, _STYLE_EN, COLORS, OBJECTS, STYLES, make_caption, parse_caption
@@ -36,11 +36,8 @@ VALUES = {"object": OBJECTS, "color": COLORS, "style": STYLES}
 @lru_cache(maxsize=1)
 def evaluation_prompts() -> frozenset[str]:
     """Every prompt of MiniSD's shipped evaluation sets (lower case): never a training prompt."""
-    out = set()
-    for f in PROMPTS_DIR.glob("*.csv"):
-        with open(f, newline="", encoding="utf-8") as fh:
-            out.update(row["prompt"].strip().lower() for row in csv.DictReader(fh))
-    return frozenset(out)
+    return frozenset(row["prompt"].lower() for f in PROMPTS_DIR.glob("*.csv")
+                     for row in read_prompt_table(f, "MiniSD's evaluation sets", csv_only=True))
 
 
 def world_captions(n: int, rng: random.Random, fixed: dict[str, str], keep, first: list[str]) -> list[str]:
@@ -84,6 +81,7 @@ class MiniWorld(World):
     title = "MiniSD"
     description = "MiniSD: 6 objects x 6 colours x 4 styles, judged by the bundled classifier"
     captions = True
+    prompts_dir = PROMPTS_DIR  # held-out evaluation sets: never a training prompt
 
     # ------------------------------------------------------------------ concepts
     def canonical(self, concept: str) -> str | None:
