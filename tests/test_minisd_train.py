@@ -18,6 +18,10 @@ def test_training_script_runs_every_stage_and_resumes(tmp_path):
     assert state["unet_steps"] == 3 and "eval_36x2" in state
     assert (out / "judge.safetensors").exists()
     assert json.loads((out / "minisd" / "text_encoder" / "config.json").read_text())["dtype"] == "float32"
+    from erasure.worlds import world_name
+    from erasure.model_ref import default_sampling
+    assert world_name(out / "minisd") == "mini"  # the exported folder says which world it is of ...
+    assert default_sampling(out / "minisd") == {"num_inference_steps": 25, "guidance_scale": 5.0}  # ... and how it samples
 
     from diffusers import StableDiffusionPipeline
     pipe = StableDiffusionPipeline.from_pretrained(out / "minisd")

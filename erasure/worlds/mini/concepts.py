@@ -30,6 +30,7 @@ from .world import _NOUNS_EN, _STYLE_EN, COLORS, OBJECTS, STYLES, make_caption, 
 # MiniSD's sampling settings, picked on its judge (docs/minisd.md); its folder ships them in
 # erasure_sampling.json
 SAMPLING = {"num_inference_steps": 25, "guidance_scale": 5.0}
+EVALUATION_SETS = "MiniSD's evaluation sets"  # names them in a prompt-file error
 VALUES = {"object": OBJECTS, "color": COLORS, "style": STYLES}
 
 
@@ -37,7 +38,7 @@ VALUES = {"object": OBJECTS, "color": COLORS, "style": STYLES}
 def evaluation_prompts() -> frozenset[str]:
     """Every prompt of MiniSD's shipped evaluation sets (lower case): never a training prompt."""
     return frozenset(row["prompt"].lower() for f in PROMPTS_DIR.glob("*.csv")
-                     for row in read_prompt_table(f, "MiniSD's evaluation sets", csv_only=True))
+                     for row in read_prompt_table(f, EVALUATION_SETS, csv_only=True))
 
 
 def world_captions(n: int, rng: random.Random, fixed: dict[str, str], keep, first: list[str]) -> list[str]:
@@ -237,28 +238,27 @@ class MiniWorld(World):
         return [v for values in VALUES.values() for v in values]
 
     # ------------------------------------------------------------------ what the benchmark reads
+    # ------------------------------------------------------------------ what the benchmark reads
     def held_out_rows(self) -> list[dict[str, str]]:
-        """Every held-out English prompt of the per-object evaluation CSVs (prompt, object, color,
-        style): 6 objects x 6 colours x 4 styles."""
-        from .bench_data import held_out_rows
-        return held_out_rows()
+        """Every row (prompt, object, color, style) of the per-object evaluation CSVs, objects in
+        the world's order: 6 objects x 6 colours x 4 styles, none ever a training prompt."""
+        return [row for o in OBJECTS
+                for row in read_prompt_table(PROMPTS_DIR / f"object_{o}.csv", EVALUATION_SETS, csv_only=True)]
 
     def held_out_ordinary_rows(self) -> list[dict[str, str]]:
-        """Every row of the held-out English attribute CSV (attributes_en.csv)."""
-        from .bench_data import held_out_ordinary_rows
-        return held_out_ordinary_rows()
+        """Every row of the English attribute evaluation CSV (attributes_en.csv: 100 prompts)."""
+        return read_prompt_table(PROMPTS_DIR / "attributes_en.csv", EVALUATION_SETS, csv_only=True)
 
     def caption(self, attributes: dict[str, str | None], language: str, rng: random.Random) -> str:
-        """A caption of the row's (object, color, style) in `language` (en, fr, de), the world's grammar."""
-        from .bench_data import caption
-        return caption(attributes, language, rng)
+        """A caption of (object, colour, style) in `language` (en, fr, de) by the world's grammar."""
+        return make_caption(attributes["object"], attributes.get("color") or None, attributes.get("style") or None,
+                            language, rng)
 
     def attributes(self, concept: str) -> list[tuple[str, str]]:
-        """Every (label, value) the text names; `attribute` is the one of a single concept."""
-        from .bench_data import attributes
-        return attributes(concept)
+        """Every (label, value) the text names ("red circle" -> [("object", "circle"), ("color", "red")]);
+        `attribute` is the one of a single concept."""
+        return [(k, v) for k, v in parse_caption(concept).items() if v]
 
     def vocabulary(self) -> str:
-        """The world's concepts for messages: "objects circle, ...; colours red, ...; styles plain, ..."."""
-        from .bench_data import vocabulary
-        return vocabulary()
+        """The world's concepts, for messages: "objects circle, ...; colours red, ...; styles plain, ..."."""
+        return f"objects {', '.join(OBJECTS)}; colours {', '.join(COLORS)}; styles {', '.join(STYLES)}"
