@@ -165,3 +165,55 @@ def test_docs_and_docstrings_never_speak_of_sessions():
                 hits.append(f"{path.relative_to(ROOT)}:{lineno} (docstring)")
     assert not hits, "'session' wording (say what the part does now; history goes to docs/experiments/ by date):\n" \
         + "\n".join(hits)
+
+
+# ----------------------------------------------------------------------------- layers (docs/architecture.md)
+
+LAYERS = [  # top first; a module imports only from its own layer or the layers below
+    ("faces", ["erasure", "erasure.cli", "erasure.demo"]),  # `erasure` itself: the public API the faces use
+    ("bench", ["erasure.bench"]),
+    ("eval", ["erasure.eval"]),
+    ("methods", ["erasure.trainers", "erasure.attacks"]),
+    ("config", ["erasure.config"]),  # from_dict asks the base model's world for its defaults
+    ("worlds", ["erasure.worlds"]),
+    ("judges", ["erasure.judges"]),
+    ("pipelines", ["erasure.pipelines"]),
+    ("format", ["erasure.erasure_files", "erasure.model_ref", "erasure.selfdata", "erasure.images"]),
+    ("leaves", ["erasure.registry", "erasure.plugins", "erasure.targets", "erasure.sampling", "erasure.files",
+                "erasure.prompt_files", "erasure.errors", "erasure.version"]),
+]
+# the MiniSD classifier (a detector) is built from MiniSD's network and label vocabulary, two
+# torch-only modules of its world that import nothing else of the package
+LAYER_EXCEPTIONS = {("erasure.judges.minisd", "erasure.worlds.mini.nets"),
+                    ("erasure.judges.minisd", "erasure.worlds.mini.world")}
+
+
+def layer_of(module: str) -> int | None:
+    best = None
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for p in prefixes:
+            below = module.startswith(p + ".") and p != "erasure"  # the package itself: its __init__ only
+            if (module == p or below) and (best is None or len(p) > best[1]):
+                best = (i, len(p))
+    return best[0] if best else None
+
+
+def test_every_module_has_a_layer_and_imports_only_downwards():
+    graph = import_graph()
+    unplaced = sorted(m for m in graph if layer_of(m) is None)
+    assert not unplaced, f"modules in no layer of docs/architecture.md: {unplaced}"
+    upward = [f"{m} ({LAYERS[layer_of(m)][0]}) imports {d} ({LAYERS[layer_of(d)][0]})"
+              for m, deps in sorted(graph.items()) for d in sorted(deps)
+              if layer_of(d) < layer_of(m) and (m, d) not in LAYER_EXCEPTIONS]
+    assert not upward, "imports against the layers:\n" + "\n".join(upward)
+    for m, d in LAYER_EXCEPTIONS:  # the exceptions stay true (or are taken out of the list)
+        assert d in graph[m] and graph[d] <= {target for _, target in LAYER_EXCEPTIONS}, (m, d, graph[d])
+
+
+def test_layers_are_read_by_the_longest_prefix():
+    names = [name for name, _ in LAYERS]
+    assert names[layer_of("erasure.eval.metrics.fid")] == "eval"
+    assert names[layer_of("erasure.worlds.mini.concepts")] == "worlds"
+    assert names[layer_of("erasure.cli")] == "faces" and names[layer_of("erasure.version")] == "leaves"
+    assert layer_of("erasure.configurations") is None  # a prefix is a whole module name, not a string start
+    assert layer_of("erasure.bench.run") < layer_of("erasure.eval.runner") < layer_of("erasure.pipelines.loading")

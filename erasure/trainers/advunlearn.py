@@ -28,7 +28,7 @@ CLIPTextModel folder that plugs into any compatible pipeline as `text_encoder=`.
 
 Retain prompts: on Stable Diffusion "a photo of a {object}" for the 80 COCO categories
 (erasure/data/prompts/coco_objects.txt; the paper uses COCO object prompts); on MiniSD its
-captions of the other objects (erasure/concepts.py) and, by MiniSD's default (`--retain-siblings`),
+captions of the other objects (the world's, erasure/worlds/) and, by MiniSD's default (`--retain-siblings`),
 each forget prompt with the concept replaced by each sibling ("a red disk" -> "a red cross"),
 none naming a concept being erased. Why (docs/advunlearn.md, measured): the text encoder erases
 "circle" by moving it toward the sibling shapes, and without those exact neighbours in the

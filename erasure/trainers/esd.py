@@ -25,7 +25,7 @@ Where we differ from the reference code, deliberately:
     (x_t, t) pairs are draws from the same distribution). `refresh_every=1` is the
     reference's behaviour: one fresh trajectory per step, run only up to the drawn step.
   * Several concepts at once: each step erases one concept drawn at random.
-  * A concept may be expressed by several prompts (`concept_prompts`, erasure/concepts.py): each
+  * A concept may be expressed by several prompts (`concept_prompts`, the world's, erasure/worlds/): each
     trajectory is sampled under one of them, drawn at random, and trained under the same one.
     With the papers' recipe (`--concept-prompts word`, the default off MiniSD) it is the
     concept text alone.
@@ -101,7 +101,7 @@ class ESDTrainer(Trainer):
         trains_unet = any(k.startswith("unet.") for k in self.trainable)
         self.frozen_unet = self.frozen_copy(self.unet) if trains_unet else self.unet  # θ*'s UNet
         self.c_empty = self.embed([""])  # (1, 77, D)
-        # per concept, the embeddings of the prompts that express it (erasure/concepts.py): (P_k, 77, D)
+        # per concept, the embeddings of the prompts that express it (the world's, erasure/worlds/): (P_k, 77, D)
         self.forget_prompt_sets = [self.forget_prompts(c) for c in cfg.concepts]
         self.c_forget = [self.embed(prompts) for prompts in self.forget_prompt_sets]
         # c_0 of Eq. 3 per forget prompt, S prompts each whose predictions are averaged: (P_k, S, 77, D)

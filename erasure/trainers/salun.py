@@ -23,7 +23,7 @@ Where we differ, deliberately:
     reused one batch for every step; here every step draws a fresh batch, and a test checks
     that masked weights do not move.
   * On MiniSD each forget prompt's anchor keeps its colour and style ("a red disk" ->
-    "a red square"), and D_r holds the other objects' captions (erasure/concepts.py), which
+    "a red square"), and D_r holds the other objects' captions (the world's, erasure/worlds/), which
     is what keeps the other objects intact on a model this small.
 """
 from __future__ import annotations
