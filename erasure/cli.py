@@ -232,12 +232,19 @@ def _export(erasure_dir: str, out_dir: str, part, extra_json: dict[str, dict] | 
     return out
 
 
-def cmd_export(args) -> int:
+def _erasure_ref(erasure_dir: str):
+    """The erasure folder `erasure export` is given, resolved once (a base model is an error)."""
     from .erasure_files import read_manifest
+    from .model_ref import resolve
+
+    read_manifest(erasure_dir)  # not an erasure folder: the manifest's one-line error
+    return resolve(erasure_dir)
+
+
+def cmd_export(args) -> int:
     from .model_ref import ONE_STEP_SAMPLING, SAMPLING_FILE
 
-    manifest = read_manifest(args.erasure_dir)
-    one_step = bool((manifest.get("sampling") or {}).get("one_step"))
+    one_step = _erasure_ref(args.erasure_dir).one_step
     # a one-step generator (SFD): its scheduler is erasure's OneStepScheduler, and the folder says
     # how to sample it, so that erasure generate/eval on the export use 1 step, guidance 1
     extra = {SAMPLING_FILE: ONE_STEP_SAMPLING} if one_step else None
@@ -252,9 +259,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_export_text_encoder(args) -> int:
-    from .erasure_files import read_manifest
-
-    manifest = read_manifest(args.erasure_dir)
+    manifest = _erasure_ref(args.erasure_dir).manifest
     if not any(k.startswith("text_encoder.") for k in manifest["changed_tensors"]):
         raise UserError(f"{args.erasure_dir} changes no text-encoder weight (method {manifest['method']}); "
                         "use erasure export for a full pipeline folder")
