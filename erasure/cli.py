@@ -92,19 +92,15 @@ TRAIN_OWN_FLAGS = ("method", "model", "out", "config", "resume")
 def _method_in(argv: list[str]) -> str:
     """The method an `erasure train` command line asks for (--method, else its --config YAML's,
     else esd-x): whose settings `--help` shows."""
-    method, config = None, None
-    for i, word in enumerate(argv):
-        for flag in ("--method", "--config"):
-            value = argv[i + 1] if word == flag and i + 1 < len(argv) else (
-                word.split("=", 1)[1] if word.startswith(flag + "=") else None)
-            if value is not None and flag == "--method":
-                method = value
-            elif value is not None:
-                config = value
-    if method is None and config:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--method")
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    method = known.method
+    if method is None and known.config:
         try:
             import yaml
-            method = (yaml.safe_load(Path(config).read_text()) or {}).get("method")
+            method = (yaml.safe_load(Path(known.config).read_text()) or {}).get("method")
         except Exception:  # noqa: BLE001 (a bad YAML is reported when the command runs)
             method = None
     return str(method or "esd-x")
@@ -189,10 +185,9 @@ def _check_concept_known(config) -> None:
 
 
 def cmd_train(args) -> int:
+    from .erasure_files import CONFIG_NAME, WEIGHTS_NAME
     from .eval.before_after import write_comparison
     from .registry import get_method
-
-    from .erasure_files import CONFIG_NAME, WEIGHTS_NAME
 
     config = _train_config(args)
     _check_concept_known(config)
@@ -234,10 +229,11 @@ def _export(erasure_dir: str, out_dir: str, part, extra_json: dict[str, dict] | 
 
 def _erasure_ref(erasure_dir: str):
     """The erasure folder `erasure export` is given, resolved once (a base model is an error)."""
-    from .erasure_files import read_manifest
+    from .erasure_files import is_erasure_dir, read_manifest
     from .model_ref import resolve
 
-    read_manifest(erasure_dir)  # not an erasure folder: the manifest's one-line error
+    if not is_erasure_dir(erasure_dir):
+        read_manifest(erasure_dir)  # the manifest's one-line error: not an erasure folder
     return resolve(erasure_dir)
 
 

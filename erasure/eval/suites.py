@@ -81,15 +81,10 @@ def _world_file(spec: str) -> Path | None:
     world, sep, name = spec.partition(":")
     if not sep or not world or "/" in world or "\\" in world or len(world) == 1:  # "C:\..." is a path
         return None
-    from ..worlds import get_world
     folder = get_world(world).prompts_dir
     if folder is None:
         raise UserError(f"suite prompt file '{spec}': world '{world}' ships no prompt sets")
     return folder / name
-
-
-def _resolve_prompt_file(spec: str) -> Path:
-    return _world_file(spec) or PROMPTS_DIR / spec
 
 
 def load_suite(name: str) -> Suite:
@@ -116,8 +111,8 @@ def _suite_from_yaml(name: str, path: Path) -> Suite:
     data = yaml.safe_load(path.read_text())
     files = []
     for spec in data["prompts"]:
-        resolved = _resolve_prompt_file(spec)
-        files.append(resolved if resolved.exists() or _world_file(spec) else path.parent / spec)
+        shipped = PROMPTS_DIR / spec
+        files.append(_world_file(spec) or (shipped if shipped.exists() else path.parent / spec))
     return Suite(name=name, description=data.get("description", ""), prompt_files=files,
                  images_per_prompt=int(data.get("images_per_prompt", 1)), metrics=list(data.get("metrics", [])),
                  group_by=data.get("group_by"))
