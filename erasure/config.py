@@ -47,12 +47,11 @@ class EraseConfig:
     attention: str = doc("attention backend: auto (xformers on CUDA if installed, else SDPA), xformers, sdpa", default="auto")
     checkpoint_every: int = doc("save a resumable checkpoint every N steps (0 = never)", default=100)
 
-    # Defaults that differ by world or concept, applied under what the user set (from_dict):
+    # Defaults that differ by world, applied under what the user set (from_dict):
     # world_defaults[world name] (erasure/worlds/: MiniSD, "mini", is ~200x smaller than SD 1.4
-    # and its runs must finish in minutes on a CPU); concept_defaults[the world's name of the
-    # concept] (some papers give per-concept-type defaults, SalUn: nudity vs classes).
+    # and its runs must finish in minutes on a CPU). Per-concept recipes (the papers' settings
+    # for nudity, a style, an object class) are data the world keeps (World.concept_recipe).
     world_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
-    concept_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __post_init__(self) -> None:
         for name, kind in field_types(type(self)).items():
@@ -96,7 +95,7 @@ class EraseConfig:
     def from_dict(data: dict[str, Any]) -> "EraseConfig":
         """Build the right subclass for data["method"]; unknown keys are an error, not ignored.
         Layers, lowest first: the class's defaults, the method name's presets, the base model's
-        world's defaults, the concept's defaults, then `data`."""
+        world's defaults, the world's recipe for the concept (its catalogue), then `data`."""
         from .registry import get_method
         from .worlds import world_for
         spec = get_method(data.get("method", ""))
@@ -106,9 +105,11 @@ class EraseConfig:
             raise UserError(f"unknown setting(s) for method {spec.name}: {', '.join(unknown)}")
         cls = spec.config_cls
         world = world_for(str(data.get("base_model", "minisd")).strip())
-        layered = dict(spec.defaults) | world.method_defaults(cls)
-        concept = str(data.get("concept", "")).strip()
-        layered |= cls.concept_defaults.get(world.canonical(concept) or concept.lower(), {})
+        layered = dict(spec.defaults) | world.method_defaults(cls, spec.name, str(data.get("concept", "")).strip())
+        bad = sorted(set(layered) - known)
+        if bad:
+            raise UserError(f"the {world.title} recipe of {spec.name} names unknown setting(s) {', '.join(bad)}; "
+                            "fix the world's catalogue")
         return cls(**{**layered, **data, "method": spec.name})
 
     @staticmethod

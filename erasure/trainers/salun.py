@@ -62,7 +62,6 @@ class SalUnConfig(SelfDataConfig):
     n_forget: int = doc("self-generated forget images (paper: 800)", default=800)
     n_retain: int = doc("self-generated retain images (paper: 800)", default=800)
 
-    concept_defaults: ClassVar[dict] = {"nudity": {"alpha": 0.1, "steps": 100}}
     # MiniSD: fewer self-generated images and steps so data + mask + training fit in minutes on a CPU
     world_defaults: ClassVar[dict] = {"mini": {"n_forget": 128, "n_retain": 128, "steps": 300, "lr": 1e-4}}
 

@@ -142,7 +142,14 @@ class World:
         return []
 
     # ------------------------------------------------------------------ per-method defaults
-    def method_defaults(self, config_cls: type) -> dict:
-        """Settings a method takes in this world when the user leaves them unset: the config
-        class's `world_defaults[world.name]`."""
-        return dict(getattr(config_cls, "world_defaults", {}).get(self.name, {}))
+    def method_defaults(self, config_cls: type, method: str = "", concept: str = "") -> dict:
+        """Settings `method` takes in this world for `concept` when the user leaves them unset:
+        the config class's `world_defaults[world.name]`, then the world's recipe for the
+        concept (`concept_recipe`)."""
+        out = dict(getattr(config_cls, "world_defaults", {}).get(self.name, {}))
+        return out | self.concept_recipe(method, concept)
+
+    def concept_recipe(self, method: str, concept: str) -> dict:
+        """The method's settings for `concept` that its paper's code uses (nudity, an artist's
+        style, an object class), or {} when the world keeps none."""
+        return {}

@@ -40,6 +40,18 @@ class OpenWorld(World):
         name = self.canonical(concept)
         return catalogue()[name] if name else {}
 
+    def concept_recipe(self, method: str, concept: str) -> dict:
+        """The catalogue's `recipes` entry of the concept for `method` (its exact name, else its
+        family: "esd-x" falls back to "esd"). Several concepts ("nudity, van gogh") take the
+        settings every concept's recipe agrees on; a concept not in the catalogue adds none
+        (the method's own defaults, its paper's generic recipe)."""
+        recipes = []
+        for c in [c.strip() for c in concept.split(",") if c.strip()] or [""]:
+            per_method = self.entry(c).get("recipes", {}) if c else {}
+            recipes.append(dict(per_method.get(method, per_method.get(method.split("-")[0], {}))))
+        first, *rest = recipes
+        return {k: v for k, v in first.items() if all(r.get(k, object()) == v for r in rest)}
+
     def concept_phrases(self, concept: str) -> list[str]:
         name = self.canonical(concept)
         if name is None:
