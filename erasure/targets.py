@@ -5,7 +5,8 @@ matching parameters keyed "unet.<name>" / "text_encoder.<name>", the same keys t
 stores. ESD's presets follow the paper's code (see docs/esd.md):
   esd-x         cross-attention (attn2) only
   esd-u         everything but attn2; like the original CompVis code, also not the time
-                embedding and the output conv (the newer diffusers script keeps those)
+                embedding and the output block (its `out.` GroupNorm and conv: diffusers'
+                conv_norm_out and conv_out; the newer diffusers script keeps those)
   esd-all       every UNet weight
   unet          the same, the name SalUn uses (its saliency mask then picks among them)
   esd-x-strict  only attn2.to_k and attn2.to_v (keys and values of the text pathway)
@@ -30,7 +31,7 @@ def _unet(rule: Callable[[str], bool]) -> Predicate:
 
 TARGETS: dict[str, Predicate] = {
     "esd-x": _unet(lambda n: ".attn2." in n),
-    "esd-u": _unet(lambda n: ".attn2." not in n and not n.startswith(("time_embedding.", "conv_out."))),
+    "esd-u": _unet(lambda n: ".attn2." not in n and not n.startswith(("time_embedding.", "conv_norm_out.", "conv_out."))),
     "esd-all": _unet(lambda n: True),
     "unet": _unet(lambda n: True),
     "esd-x-strict": _unet(lambda n: ".attn2.to_k." in n or ".attn2.to_v." in n),

@@ -45,3 +45,16 @@ def test_a_recipe_with_an_unknown_setting_is_a_one_line_error(monkeypatch):
     monkeypatch.setattr(OpenWorld, "concept_recipe", lambda self, method, concept: {"no_such_setting": 1})
     with pytest.raises(UserError, match="unknown setting.*no_such_setting"):
         EraseConfig.from_dict({"method": "salun", "concept": "nudity", "base_model": "/models/sd"})
+
+
+def test_esd_u_trains_what_the_compvis_noxattn_branch_trains():
+    """CompVis's `noxattn` skips `out.*` (diffusers: conv_norm_out and conv_out), `time_embed`, attn2."""
+    from erasure.targets import select_parameters
+    from tests.tiny import build_tiny_pipeline
+    pipe = build_tiny_pipeline()
+    names = set(select_parameters({"unet": pipe.unet, "text_encoder": pipe.text_encoder}, "esd-u"))
+    assert names and not any(k.startswith(("unet.conv_norm_out.", "unet.conv_out.", "unet.time_embedding."))
+                             or ".attn2." in k for k in names)
+    every = {f"unet.{n}" for n, _ in pipe.unet.named_parameters()}
+    assert every - names == {k for k in every if k.startswith(("unet.conv_norm_out.", "unet.conv_out.",
+                                                                "unet.time_embedding.")) or ".attn2." in k}

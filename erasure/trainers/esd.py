@@ -6,6 +6,10 @@ original model *guided away* from c_f (Eq. 3 of the paper):
     eps_theta(x_t, c_f, t)  <-  eps*(x_t, t) - eta * (eps*(x_t, c_f, t) - eps*(x_t, t))
 
 with x_t drawn by DDIM (eta 0) from noise under c_f at guidance 3, t one of 50 DDIM steps.
+The defaults are the CompVis code's (rohitgandikota/erasing, train-scripts/train-esd.py): 1000
+steps of batch 1, Adam at lr 1e-5, eta 1, guidance 3, 50 DDIM steps. Which weights train is the
+method's name (esd-x, esd-u, ...; erasure/targets.py); the paper erases nudity with ESD-u and
+artists' styles with ESD-x, a choice left to the user's --method.
 
 `negative_guidance` is the paper's eta (default 1.0, the CompVis code's value). The newer
 diffusers script writes the target as eps*(c_f) - eta' (eps*(c_f) - eps*(c_0)) with default
@@ -17,9 +21,17 @@ eps*(c_from) - (1 + eta) (eps*(c_f) - eps*(c_0)); with c_from = c_f this is Eq. 
 
 Where we differ from the reference code, deliberately:
   * x_t comes from the frozen model (the newer script; `sample_with="trained"` restores the
-    original, which samples with the model being trained) and is paired with the DDIM step's
-    own timestep. The CompVis code evaluates x after t_enc steps at DDPM time ~ t_enc * 20,
-    i.e. the noise level of the opposite end of the schedule: we do not copy that mismatch.
+    original, which samples with the model being trained).
+  * x_t is paired with its own DDIM timestep: trajectory[k], the latent before DDIM step k,
+    goes to the UNet with timesteps[k], as in the authors' newer diffusers script (esd_sd.py:
+    the pipeline runs timesteps[:k] and the UNet is asked at timesteps[k]). The CompVis code
+    pairs them differently. It draws t_enc in {0, ..., 49} and t_enc_ddpm uniform in
+    [20 t_enc, 20 t_enc + 19] (train-esd.py:195-200); its DDIM sampler runs the grid
+    1, 21, ..., 961 (ddim.py:155 drops 981) from noise and stops after the step of index
+    t_enc - 1 (ddim.py:194), 50 - t_enc steps in. So x sits at the noise level of DDPM step
+    20 t_enc - 39, the grid point two DDIM steps below 20 t_enc + 1 (t_enc <= 1: the finished
+    sample), and the UNet is told it is 39 to 58 DDPM steps noisier than it is. We follow the
+    newer script: the UNet is trained at the noise level its input has.
   * For speed, `trajectory_batch` trajectories are sampled at once and reused for
     `refresh_every` steps (the frozen model's trajectories do not change as we train, so the
     (x_t, t) pairs are draws from the same distribution). `refresh_every=1` is the

@@ -1,7 +1,9 @@
 """SalUn: weight saliency for machine unlearning (Fan et al., ICLR 2024), diffusion part.
 
 1. Data: the base model draws its own forget set D_f (for the forget prompts) and retain set
-   D_r (erasure/selfdata.py); the paper uses 800 + 800 images.
+   D_r (erasure/selfdata.py); the paper uses 800 + 800 images for nudity. The prompts are the
+   world's (the concept's words, its anchor as D_r), or the recipe's: `forget_prompt` for D_f
+   and `retain_prompts` for D_r (the open world's catalogue holds the reference's, see below).
 2. Saliency mask (Eq. 5-6): accumulate, over one pass of D_f, the gradient of the forgetting
    loss -MSE(eps, eps_cfg(x_t, t, c_f)) with eps_cfg = (1 + w) eps(c_f) - w eps(c_0), w = 7.5;
    rank |grad| over all UNet weights at once and keep the top `mask_ratio` (mask = 1).
@@ -13,15 +15,30 @@
    ordinary denoising loss on D_r. The gradient is multiplied by the mask before every step,
    so only salient weights ever change.
 
-Defaults are the paper's for classes (lr 1e-5, batch 8, alpha 0.5, 5 epochs of 800 images =
-500 steps) and, for "nudity", its nudity settings (alpha 0.1, 1 epoch = 100 steps).
+The defaults are the reference's class-forgetting settings (lr 1e-5, batch 8, alpha 0.5, mask
+ratio 0.5, 5 epochs; 800 images = 500 steps). The Stable Diffusion catalogue adds, per concept:
+  * nudity (and its aliases): D_f and the forget loss under "a photo of a nude person", D_r and
+    the relabelling target under "a photo of a person wearing clothes", alpha 0.1, 1 epoch of 800
+    images = 100 steps (Unlearn-Saliency SD/README.md, train-scripts/nsfw_removal.py);
+  * the object classes: "an image of a {concept}", D_r the other nine Imagenette class prompts,
+    class k relabelled as class k + 1 of Imagenette's order (church -> French horn, parachute ->
+    tench), 960 images, 600 steps (train-scripts/random_label.py, dataset.py);
+  * no style recipe: the reference's SD code has none.
 
 Where we differ, deliberately:
+  * D_f and D_r are self-generated for every concept. The reference generates them for nudity
+    but trains classes on Imagenette's real photos (about 950 per class; D_r ~8,500 photos of the
+    other nine), which a run on any model of any world cannot assume; our D_r holds `n_retain`
+    (800) images, drawn from at random as the reference draws its shuffled D_r.
+  * The reference does not say how its nudity images were sampled; ours use the model's own
+    sampling (SD: 50 steps, guidance 7.5; `--data-steps`, `--data-guidance`).
   * The mask is computed once per (base model, forget data, mask settings) and cached; `--mask`
     reuses a saved one. It is written beside the erasure as `salun_mask.safetensors`.
-  * The reference code once compared a string to the mask and never applied it, and once
-    reused one batch for every step; here every step draws a fresh batch, and a test checks
-    that masked weights do not move.
+  * One version of the reference's nsfw_removal.py and random_label.py takes
+    `next(iter(forget_dl))` of an unshuffled loader every step (the same first batch), and one
+    version of generate_mask.py ranks |grad| ascending (it keeps the least salient half); here
+    every step draws a fresh batch, the top half is kept, and a test checks that masked weights
+    do not move.
   * On MiniSD each forget prompt's anchor keeps its colour and style ("a red disk" ->
     "a red square"), and D_r holds the other objects' captions (the world's, erasure/worlds/), which
     is what keeps the other objects intact on a model this small.
@@ -31,6 +48,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -61,6 +79,13 @@ class SalUnConfig(SelfDataConfig):
     mask: str = doc("a saved salun_mask.safetensors to reuse instead of computing one", default="")
     n_forget: int = doc("self-generated forget images (paper: 800)", default=800)
     n_retain: int = doc("self-generated retain images (paper: 800)", default=800)
+    forget_prompt: str = doc("the prompt D_f is drawn from and trained under, '{concept}' standing for the concept's "
+                             "name (empty = the world's concept prompts; used while --concept-prompts is auto)",
+                             default="")
+    retain_prompts: str = doc("the prompts D_r is drawn from, separated by '|' (empty = the world's: on Stable "
+                              "Diffusion the anchor); those that name a concept of the run are left out, and when the "
+                              "forget prompt is one of them the anchor defaults to the one after it (class k -> k + 1)",
+                              default="")
 
     # MiniSD: fewer self-generated images and steps so data + mask + training fit in minutes on a CPU
     world_defaults: ClassVar[dict] = {"mini": {"n_forget": 128, "n_retain": 128, "steps": 300, "lr": 1e-4}}
@@ -80,17 +105,53 @@ class SalUnTrainer(Trainer):
 
     def setup(self) -> None:
         cfg: SalUnConfig = self.config
+        listed = [p.strip() for p in cfg.retain_prompts.split("|") if p.strip()]
         forget_prompts, anchor_prompts, retain_prompts = [], [], []
         for concept in cfg.concepts:
-            f, a = self.anchored_prompts(concept)
+            f, a = self.training_prompts(concept, listed)
             forget_prompts += f
             anchor_prompts += a
-            retain_prompts += self.retain_prompts(concept)
+            retain_prompts += [] if listed else self.retain_prompts(concept)
+        if listed:
+            retain_prompts = self.listed_retain_prompts(listed, forget_prompts)
+        # the texts each set is drawn from and trained under, row for row with the embeddings below
+        self.forget_texts, self.anchor_texts, self.retain_texts = forget_prompts, anchor_prompts, retain_prompts
         self.forget_data = self.self_data(forget_prompts, cfg.n_forget)
         self.retain_data = self.self_data(retain_prompts, cfg.n_retain)
         self.c_forget, self.c_anchor = self.embed(forget_prompts), self.embed(anchor_prompts)
         self.c_retain, self.c_empty = self.embed(retain_prompts), self.embed([""])
         self.mask = self.load_or_compute_mask()
+
+    # ------------------------------------------------------------------ step 1: the prompts of D_f and D_r
+    def training_prompts(self, concept: str, listed: list[str]) -> tuple[list[str], list[str]]:
+        """Forget prompts of `concept` and, row for row, the anchor each is relabelled to: the
+        world's, or `forget_prompt` with its relabelling target (`relabel_target`)."""
+        cfg: SalUnConfig = self.config
+        if not cfg.forget_prompt.strip() or cfg.concept_prompts != "auto":
+            return self.anchored_prompts(concept)
+        forget = [cfg.forget_prompt.strip().replace("{concept}", self.world.canonical(concept) or concept)]
+        anchor = self.relabel_target(concept, forget[0], listed)
+        return forget, self.world.anchor_prompts(forget, concept, anchor, cfg.concept_prompts)
+
+    def relabel_target(self, concept: str, forget_prompt: str, listed: list[str]) -> str:
+        """--anchor; else, when the forget prompt is one of the listed retain prompts (the
+        reference's class forgetting: ten class prompts), the one after it, cyclically (class k is
+        relabelled as class k + 1); else the world's anchor of the concept."""
+        own = [p.lower() for p in listed]
+        if self.config.anchor.strip() or forget_prompt.lower() not in own:
+            return self.anchor_of(concept)
+        return listed[(own.index(forget_prompt.lower()) + 1) % len(listed)]
+
+    def listed_retain_prompts(self, listed: list[str], forget_prompts: list[str]) -> list[str]:
+        """`retain_prompts` less the forget prompts and those naming a concept of the run."""
+        phrases = [w for c in self.config.concepts for w in self.world.concept_phrases(c)]
+        forget = {p.lower() for p in forget_prompts}
+        kept = [p for p in listed if p.lower() not in forget
+                and not any(re.search(rf"\b{re.escape(w)}\b", p, re.IGNORECASE) for w in phrases)]
+        if not kept:
+            raise UserError("--retain-prompts: every prompt names a concept this run erases; list prompts of other "
+                            "concepts (or leave it empty for the world's)")
+        return kept
 
     # ------------------------------------------------------------------ step 2: the saliency mask
     def mask_key(self) -> str:
