@@ -4,7 +4,10 @@ A bi-level problem on the *text encoder* (the UNet never changes):
 
   inner (after `attack_warmup` iterations): a soft-prompt attack finds k token embeddings adv
       that make the current model regenerate the concept (erasure/attacks/soft.py):
-          min_adv MSE(eps(x_t, t, E_theta(adv + c_f)), eps*(x_t, t, c_f))
+          min_adv E_(x_t, t) MSE(eps(x_t, t, E_theta(adv + c_f)), eps*(x_t, t, c_f))
+      each of its steps on a fresh timestep t and partial-DDIM x_t (`--attack-draw fresh`, the
+      reference: AdvUnlearn train-scripts/utils/attack_util.py:175-188), drawn as the outer step
+      draws its own.
   outer: the ESD loss (Eq. 3 of ESD) evaluated on the adversarial prompt, plus the utility
       retain term over a batch of retain prompts c_r (Eq. 5 of AdvUnlearn):
           MSE(eps(x_t, t, E_theta(adv + c_f)), eps*(c_0) - eta (eps*(c_f) - eps*(c_0)))
@@ -13,31 +16,43 @@ A bi-level problem on the *text encoder* (the UNet never changes):
 x_t comes from ESD's partial DDIM sampling (this class extends the ESD trainer and shares its
 trajectory cache, concept prompts and context baseline); z_r from the same sampling under the
 retain prompts: every `refresh_every` iterations `retain_trajectories` distinct retain prompts
-are drawn and sampled, and each iteration's `retain_batch` comes from them. Where we differ: the
-reference samples a fresh trajectory per retain prompt every iteration; the cache is the same
-speed-up as ESD's, and its width is an option because it decides how much of the retain set a run
-ever sees (8 trajectories x 8 refreshes = 64 of MiniSD's 332 prompts, a different 64 per seed).
-Defaults are the paper's: k = 1 adversarial token, 30 attack steps at lr 1e-3,
-200 warm-up iterations, lambda 0.3, 5 retain prompts per step, 1000 iterations at lr 1e-5, the
-text encoder's transformer layers and final norm trained (embeddings frozen; `--layers` picks a
-subset, e.g. "0" or "0-2", for AdvUnlearn's layer-wise variants). `--fast-attack` is "Fast
-AT": signed-gradient attack steps.
+are drawn and sampled, and each iteration's `retain_batch` comes from them.
+
+Defaults are the reference's Stable Diffusion recipe (its README command; docs/advunlearn.md
+holds the table with file and line of each): k = 1 adversarial token, 30 attack steps at lr 1e-3
+from random vocabulary tokens, 200 warm-up iterations, lambda 0.3 (the catalogue sets 0.5 for
+styles and objects, the maintainers' value), 5 retain prompts per step from the reference's 243
+object prompts (erasure/data/prompts/advunlearn_retain.csv: "a photo of {object}", no person
+and no body part; the same set for every concept), 1000 iterations at lr 1e-5, the text encoder's
+transformer layers and final norm trained (embeddings frozen; `--layers` picks a subset, e.g.
+"0" or "0-2", for AdvUnlearn's layer-wise variants). `--fast-attack` is "Fast AT": signed-
+gradient attack steps. `--grad-accum N` sums N micro-batches, each with its own attack.
 
 The result holds only text-encoder tensors: `erasure export-text-encoder` writes a standard
 CLIPTextModel folder that plugs into any compatible pipeline as `text_encoder=`.
 
-Retain prompts: on Stable Diffusion "a photo of a {object}" for the 80 COCO categories
-(erasure/data/prompts/coco_objects.txt; the paper uses COCO object prompts); on MiniSD its
-captions of the other objects (the world's, erasure/worlds/) and, by MiniSD's default (`--retain-siblings`),
-each forget prompt with the concept replaced by each sibling ("a red disk" -> "a red cross"),
-none naming a concept being erased. Why (docs/advunlearn.md, measured): the text encoder erases
-"circle" by moving it toward the sibling shapes, and without those exact neighbours in the
-retain set the cross prompts moved with it. Where we differ: the reference's attack never zeroed
-its gradients between steps; ours does.
+On MiniSD the retain set is its captions of the other objects (the world's, erasure/worlds/) and,
+by MiniSD's default (`--retain-siblings`), each forget prompt with the concept replaced by each
+sibling ("a red disk" -> "a red cross"), none naming a concept being erased. Why
+(docs/advunlearn.md, measured): the text encoder erases "circle" by moving it toward the sibling
+shapes, and without those exact neighbours in the retain set the cross prompts moved with it.
+
+Where we differ, deliberately:
+  * The retain cache: the reference samples a fresh trajectory per retain prompt every iteration;
+    the cache is the same speed-up as ESD's, and its width is an option because it decides how
+    much of the retain set a run ever sees (8 trajectories x 8 refreshes = 64 of MiniSD's 332
+    prompts, a different 64 per seed). The attack's draws come from ESD's trajectory cache too;
+    `--refresh-every 1` makes every draw, the attack's included, a fresh partial trajectory.
+  * The attack zeroes its gradients every step; the reference never zeroes them (erasure/attacks/soft.py).
+  * MiniSD's measured recipe attacks the outer step's own draw (`--attack-draw outer`: every
+    attack step on the (x_t, t) the outer loss is then taken on, as in classical adversarial
+    training); the MiniSD tables of docs/advunlearn.md are measured with it.
 """
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -45,7 +60,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..attacks.soft import soft_prompt_attack
+from ..attacks.soft import soft_prompt_attack_on_draws
 from ..attacks.text import encode_with_prefix
 from ..config import doc
 from ..errors import UserError
@@ -53,7 +68,9 @@ from ..prompt_files import read_prompts
 from ..registry import register_method
 from .esd import ESDConfig, ESDTrainer
 
-COCO_RETAIN = Path(__file__).resolve().parents[1] / "data" / "prompts" / "coco_objects.txt"
+# the reference's retain set (its data/prompts/train/coco_object_retain.csv, unchanged): the default on Stable Diffusion
+REFERENCE_RETAIN = Path(__file__).resolve().parents[1] / "data" / "prompts" / "advunlearn_retain.csv"
+ATTACK_DRAWS = ("fresh", "outer")
 
 
 def parse_layers(spec: str) -> set[int] | None:
@@ -70,6 +87,20 @@ def parse_layers(spec: str) -> set[int] | None:
     return out
 
 
+@contextlib.contextmanager
+def weights_frozen(params: Iterable[torch.nn.Parameter]) -> Iterator[None]:
+    """Within the block the trained weights need no gradient (the inner attack's passes build
+    no graph through them, as the reference's attack runs with the text encoder frozen)."""
+    params = [p for p in params if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
 @dataclass
 class AdvUnlearnConfig(ESDConfig):
     target: str = doc("weights that train (AdvUnlearn: the text encoder, embeddings frozen)", default="text-encoder")
@@ -81,6 +112,9 @@ class AdvUnlearnConfig(ESDConfig):
     attack_lr: float = doc("inner attack step size (paper: 1e-3)", default=1e-3)
     attack_warmup: int = doc("iterations before the inner attack starts (paper: 200)", default=200)
     fast_attack: bool = doc("Fast AT: signed-gradient attack steps", default=False)
+    attack_draw: str = doc("what each inner attack step is taken on: fresh (a new timestep and x_t every step, drawn as "
+                           "the outer step draws its own; the reference) or outer (every step on the outer step's x_t "
+                           "and t)", default="fresh")
     retain_weight: float = doc("lambda of the utility retain term (paper: 0.3)", default=0.3)
     retain_batch: int = doc("retain prompts per iteration (paper: 5)", default=5)
     retain_trajectories: int = doc("distinct retain prompts whose trajectories are sampled at each refresh (every "
@@ -90,8 +124,8 @@ class AdvUnlearnConfig(ESDConfig):
     retain_siblings: bool = doc("MiniSD: add each forget prompt with the concept replaced by each sibling "
                                 "(a red disk -> a red square, ..., a red cross) to the retain set (also to a "
                                 "--retain-prompts-file)", default=False)
-    retain_prompts_file: str = doc("retain prompts, one per line or a CSV 'prompt' column (default: COCO object "
-                                   "prompts on SD, MiniSD's other-object captions on MiniSD)", default="")
+    retain_prompts_file: str = doc("retain prompts, one per line or a CSV 'prompt' column (default: the reference's "
+                                   "243 object prompts on SD, MiniSD's other-object captions on MiniSD)", default="")
 
     # MiniSD (measured, docs/advunlearn.md): at lr 1e-3 every prompt broke; at lr 1e-4 (retain weight
     # 3) circle went but square and triangle lost 0.06-0.07; lr 5e-5 erases circle as fully and
@@ -102,11 +136,13 @@ class AdvUnlearnConfig(ESDConfig):
     # trajectories per refresh, not 8: with 8 a run only ever saw 64 of the 332 retain prompts, a
     # different 64 per seed, and cross ranged 0.896-0.969 over seeds 0-2; with 64 (retain weight
     # 3.75; at 3.5 cross was 0.948 at seeds 0 and 1) cross is 0.969, 0.990, 0.979 at seeds 0-2, and the
-    # default-budget attack breaks 8 and 9 of 24 prompts at seeds 0 and 1 (ESD-x: 18)
+    # default-budget attack breaks 8 and 9 of 24 prompts at seeds 0 and 1 (ESD-x: 18). All of it is
+    # measured with the attack on the outer step's own draw (attack_draw "outer")
     world_defaults: ClassVar[dict] = {"mini": {**ESDConfig.world_defaults["mini"], "steps": 400, "lr": 5e-5,
                                                "retain_weight": 3.75, "attack_warmup": 100, "adv_tokens": 5,
                                                "attack_steps": 20, "attack_lr": 1e-2, "retain_batch": 16,
-                                               "retain_siblings": True, "retain_trajectories": 64}}
+                                               "retain_siblings": True, "retain_trajectories": 64,
+                                               "attack_draw": "outer"}}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -114,6 +150,8 @@ class AdvUnlearnConfig(ESDConfig):
         for name in ("adv_tokens", "attack_steps", "retain_batch", "retain_trajectories", "retain_captions"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.attack_draw not in ATTACK_DRAWS:
+            raise UserError(f"--attack-draw must be fresh or outer (got '{self.attack_draw}')")
         if self.attack_warmup < 0 or self.retain_weight < 0:
             raise UserError("--attack-warmup and --retain-weight must be >= 0")
         if self.erase_from:
@@ -142,8 +180,8 @@ class AdvUnlearnTrainer(ESDTrainer):
             self.retain_set = read_prompts(cfg.retain_prompts_file, "--retain-prompts-file")
         elif self.world.captions:  # the world's own captions of everything else (MiniSD)
             self.retain_set = [p for c in cfg.concepts for p in self.retain_prompts(c, cfg.retain_captions)]
-        else:
-            self.retain_set = [line.strip() for line in COCO_RETAIN.read_text().splitlines() if line.strip()]
+        else:  # the reference's object prompts, the same for every concept (docs/advunlearn.md)
+            self.retain_set = self.without_run_concepts(read_prompts(REFERENCE_RETAIN, "--retain-prompts-file"))
         if cfg.retain_siblings:
             if not self.world.captions:
                 raise UserError("--retain-siblings needs MiniSD's world (it knows each concept's siblings); on Stable "
@@ -176,6 +214,30 @@ class AdvUnlearnTrainer(ESDTrainer):
         z_r, t, which = self.draw_cached(latents, n)
         return z_r, t, ids[which].to(self.device)
 
+    @torch.no_grad()
+    def concept_eps(self, x_t: torch.Tensor, t: torch.Tensor, k: int, prompt_ids: torch.Tensor) -> torch.Tensor:
+        """eps*(x_t, t, c_f): what the original model predicts for the plain forget prompts (the attack's target)."""
+        return self.frozen_unet(x_t, t, encoder_hidden_states=self.c_forget[k][prompt_ids]).sample.float()
+
+    def adversarial_prefix(self, k: int, outer: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+                           ) -> tuple[torch.Tensor, list[float]]:
+        """The inner attack against the current text encoder: (k adversarial embeddings, its losses).
+        `outer` = the outer step's (x_t, t, prompt ids, eps*(c_f)), which `--attack-draw outer` attacks."""
+        cfg: AdvUnlearnConfig = self.config
+
+        def draw():
+            if cfg.attack_draw == "outer":
+                x_t, t, prompt_ids, eps_f = outer
+            else:  # the reference: a fresh t and x_t every attack step (attack_util.py:175-188)
+                x_t, t, prompt_ids = self.draw_xt(k, cfg.batch_size)
+                eps_f = self.concept_eps(x_t, t, k, prompt_ids)
+            return [self.forget_prompt_sets[k][i] for i in prompt_ids.tolist()], x_t, t, eps_f
+
+        with weights_frozen(self.trainable.values()):
+            return soft_prompt_attack_on_draws(self.unet, self.tokenizer, self.text_encoder, draw, n_tokens=cfg.adv_tokens,
+                                               steps=cfg.attack_steps, lr=cfg.attack_lr, fast=cfg.fast_attack,
+                                               generator=self.generator)
+
     def compute_loss(self):
         cfg: AdvUnlearnConfig = self.config
         k = self.rng.randrange(len(cfg.concepts))
@@ -185,13 +247,9 @@ class AdvUnlearnTrainer(ESDTrainer):
         prefix = None
         logs = {}
         if self.step >= cfg.attack_warmup:  # inner: find the prompt that brings the concept back
-            prompts = [self.forget_prompt_sets[k][i] for i in prompt_ids.tolist()]
-            prefix, losses = soft_prompt_attack(self.unet, self.tokenizer, self.text_encoder, prompts, x_t, t, eps_f,
-                                                n_tokens=cfg.adv_tokens, steps=cfg.attack_steps, lr=cfg.attack_lr,
-                                                fast=cfg.fast_attack, generator=self.generator)
+            prefix, losses = self.adversarial_prefix(k, (x_t, t, prompt_ids, eps_f))
             logs["attack"] = losses[-1]
-        for p in self.trainable.values():  # the attack's backward passes must not leak into the outer step
-            p.grad = None
+        # the attack touches no .grad of the trained weights, so micro-batches of --grad-accum add up
         pred = self.unet(x_t, t, encoder_hidden_states=self.encode_trained(prompt_ids, k, prefix)).sample.float()
         erase_loss = F.mse_loss(pred, target)
 
