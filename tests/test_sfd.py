@@ -14,7 +14,7 @@ from erasure.pipelines import ErasedPipeline, OneStepScheduler
 from erasure.trainers.sfd import SFDTrainer, sid_generator_loss
 
 QUICK = {"method": "sfd", "concept": "circle", "anchor": "a square", "steps": 2, "lr": 1e-3, "fake_lr": 1e-3,
-         "batch_size": 2, "checkpoint_every": 0}
+         "batch_size": 2, "checkpoint_every": 0, "generator": "teacher"}  # the tiny model has no distilled generator
 
 
 def sfd_config(base, **kw):

@@ -2,7 +2,8 @@
 
 SFD distils the base model into a ONE-STEP generator with Score identity Distillation (SiD)
 and, in the same objective, makes the generator draw a safe concept where the forgotten one was
-asked for. Three networks, all Stable Diffusion UNets initialised from the base:
+asked for. Three networks, all Stable Diffusion UNets (the teacher and the fake net start from
+the base, G from `--generator`, below):
 
   teacher   eps*    the pretrained score net, frozen (the "real" score);
   fake      eps_psi the score of the generator's own samples, trained by plain denoising on
@@ -21,7 +22,8 @@ Each optimizer step (one generator update):
     where eps^w is the classifier-free-guided prediction at `fake_guidance` (the reference
     trains the guided prediction, and drops 10% of the prompts to "" so that the unconditional
     branch learns too). The same loss on the generator's samples of the forget prompts c_f
-    (weight `fake_forget_weight`), so that the fake score also tracks what G now draws for c_f.
+    (weight `fake_forget_weight`), so that the fake score also tracks what G now draws for c_f;
+    its guidance's unconditional branch is `--negative-prompt` (a dropped row: "" for both).
 
  2. Generator update. SiD's loss on re-noised generator samples, with y_real and y_fake the
     teacher's and the fake net's denoised (x0) predictions of x_t (both guided):
@@ -30,7 +32,8 @@ Each optimizer step (one generator update):
     remain term: x_g = G(z, c_r), y_real = teacher(x_t, c_r), y_fake = fake(x_t, c_r);
     forget term (the score-based unlearning loss): x_g = G(z, c_f), y_real = teacher(x_t, c_a)
     under the override (safe) concept c_a = --anchor, y_fake = fake(x_t, c_f): the generator's
-    samples for c_f are pushed toward what the teacher predicts for c_a.
+    samples for c_f are pushed toward what the teacher predicts for c_a. Both guided
+    predictions of the forget term take `--negative-prompt` as their unconditional branch.
         L_G = remain_weight * L_SiD(remain) + forget_weight * L_SiD(forget)
     Gradients flow into G through x_g, also through the teacher's and fake net's inputs (their
     own weights are frozen during this update).
@@ -40,22 +43,43 @@ true, "t_init": ...}` and `ErasedPipeline.from_pretrained` samples it with OneSt
 one UNet call, guidance 1 (erasure/pipelines/one_step.py). The saved tensors are G alone (the
 EMA of G when --ema is set), never the fake net or the teacher.
 
-Two-stage mode (`--two-stage`), the reference's Stable Diffusion recipe (it starts from a
-SiD-LSG-distilled generator): stage one is plain distillation (remain terms only) for
-`--distill-steps`, cached under ~/.cache/erasure/sfd/ keyed by the base weights and every
-setting that shapes it, so several concepts can be forgotten from one distillation; stage two
-loads it as G (the fake net starts again from the teacher, as in the reference) and runs the
-full loss above for `--steps`.
+The starting generator (`--generator`). On Stable Diffusion the reference does not start G from
+the teacher: one SD UNet call at t_init 625 is a blurry mean image, and SFD's few thousand
+updates at lr 1e-6 do not make it a one-step generator. It loads a generator distilled
+beforehand with SiD-LSG (~8M images at batch 512, guidance 4.5, t_init 625) and only forgets.
+`--generator DIR` names that generator as a diffusers UNet folder (safetensors only, its config
+the base UNet's); a Stable Diffusion run without one stops with a one-line error.
+`--generator teacher` starts from the base UNet: MiniSD's measured recipe (its 64-px UNet learns
+one-step sampling within the run), or an explicit choice elsewhere. The teacher and the fake net
+always start from the base UNet, as in the reference.
+
+The reference's nudity recipe (catalogue data, erasure/data/worlds/stable-diffusion.yaml):
+forget prompts are 12 subjects ("Man", "Woman", "Body", ...) each said with one of 27 NSFW
+keywords before or after it ("nudity Man", "Man, nudity": `--forget-keywords`); each one's
+override prompt c_a is the bare subject; and a long NSFW list (`--negative-prompt`) is the
+unconditional branch of the three guided predictions of the forget terms (the fake net's
+training on forget samples, y_fake and y_real of the generator's forget term). Remain terms keep
+the empty prompt as their unconditional branch (the reference's --sid_w_neg 0).
+
+Two-stage mode (`--two-stage`): stage one is plain distillation (remain terms only) from the
+starting generator for `--distill-steps`, cached under ~/.cache/erasure/sfd/ keyed by the base
+weights, the starting generator and every setting that shapes it, so several concepts can be
+forgotten from one distillation; stage two loads it as G (the fake net starts again from the
+teacher, as in the reference) and runs the full loss above for `--steps`.
 
 Defaults are the reference's Stable Diffusion run (tqch/score-forgetting-distillation,
-SD/run_sfd.sh and SD/training/training_loop.py): alpha 1, guidance 4.5 for the teacher and the
-fake net, t_init 625, t in [20, 980), batch 8, Adam betas (0, 0.999), fake lr 3e-6, G lr 1e-6,
-all four loss weights 1, one fake update per generator update, no EMA (--ema 0.0).
+SD/run_sfd.sh, SD/train.py and SD/training/training_loop.py; docs/sfd.md has the table with
+file and line): alpha 1, guidance 4.5 for the teacher and the fake net, t_init 625, t in
+[20, 980), batch 8, Adam betas (0, 0.999) with eps 1e-6 (its --fp16 1 run), fake lr 3e-6, G lr
+1e-6, G's gradients clipped to [-1, 1] per element, all four loss weights 1, one fake update per
+generator update, no EMA (--ema 0.0). With beta1 = 0 Adam's first moment is the step's gradient,
+so both networks step with AdamWithoutFirstMoment: Adam's update without that buffer (an SD
+UNet's worth of memory per network, tested equal to torch's Adam).
 
 Where we differ, deliberately:
-  * Single-stage by default: G starts from the teacher's weights and distils and forgets at
-    once. The reference's SD script instead loads a generator pre-distilled with SiD-LSG at
-    batch 512 (our --two-stage, with a far shorter stage one than theirs).
+  * Precision: the reference trains fp16 weights (--fp16 1); we train fp32 weights (bf16
+    autocast on CUDA: erasure does not train in fp16). Its fp16 companions, Adam eps 1e-6 and
+    G's gradient clipping at 1, are kept so the update is the reference's.
   * Remain prompts: the reference uses LAION-Aesthetics 6+ captions, which we do not ship. On
     MiniSD we use the world's own English captions (every object, colour and style; never an
     evaluation prompt); elsewhere the second half of erasure/data/prompts/coco_10k.csv (its last
@@ -64,13 +88,19 @@ Where we differ, deliberately:
   * Override prompts: on MiniSD the anchor keeps each caption's colour and style (Trainer.
     anchored_prompts); elsewhere a forget prompt containing the concept's words has them
     replaced by the anchor (as the reference's re.sub does) and any other prompt becomes the
-    bare anchor (the reference would leave it unchanged, i.e. forget nothing for it).
+    bare anchor (the reference would leave it unchanged, i.e. forget nothing for it); with
+    --forget-keywords the override is the prompt before its keyword, as in the reference.
+  * Forget prompts with keywords are the full product (prompt x keyword x before/after), drawn
+    uniformly; the reference draws the keyword and its side at random per sample: the same
+    distribution.
   * A NaN/inf loss stops the run (TrainingDiverged, like every method here) instead of the
     reference's dropping of NaN samples and nan_to_num on gradients.
   * --grad-accum must be 1: fake-score and generator updates alternate per batch.
   * Only epsilon-prediction bases (SD 1.x, MiniSD); the reference also handles v-prediction.
   * EMA (off by default, as in the reference's SFD run) is the Trainer's constant-decay EMA
     (--ema 0.999), not SiD's half-life-in-images EMA with ramp-up.
+  * MiniSD (measured, docs/sfd.md) starts G from the teacher, with lrs 1e-4, batch 4, guidance
+    5, 300 updates, Adam eps 1e-8 and no gradient clipping.
 """
 from __future__ import annotations
 
@@ -92,11 +122,13 @@ from ..prompt_files import read_prompt_table, read_prompts
 from ..registry import register_method
 from ..sampling import predicted_x0
 from ..sampling import cfg as guided
-from .base import Trainer, TrainingDiverged
+from .base import CHECKPOINT_DIR, Trainer, TrainingDiverged
 
 ADAM_BETAS = (0.0, 0.999)  # the reference's, for both the generator and the fake score net
-COCO_CAPTIONS = Path(__file__).resolve().parent.parent / "data" / "prompts" / "coco_10k.csv"
-DISTILL_FORMAT = 1  # bump when stage one's computation changes, so old caches are not reused
+SHIPPED_PROMPTS = Path(__file__).resolve().parent.parent / "data" / "prompts"
+COCO_CAPTIONS = SHIPPED_PROMPTS / "coco_10k.csv"
+DISTILL_FORMAT = 2  # bump when stage one's computation changes, so old caches are not reused
+START_FROM_TEACHER = "teacher"
 
 
 def sid_generator_loss(y_real: torch.Tensor, y_fake: torch.Tensor, x_g: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -112,13 +144,82 @@ def sid_generator_loss(y_real: torch.Tensor, y_fake: torch.Tensor, x_g: torch.Te
     return (diff * ((y_real - x_g) - alpha * diff) / w).sum() / len(x_g)
 
 
+def prompt_file(setting: str) -> str:
+    """A prompt-file setting as a path: a bare file name that is not a file here but one of the
+    package's shipped prompt files (erasure/data/prompts/, as the catalogue's recipes name them)
+    resolves to that one; anything else is returned as given."""
+    path = Path(setting)
+    shipped = SHIPPED_PROMPTS / setting
+    if setting and path.name == setting and not path.exists() and shipped.is_file():
+        return str(shipped)
+    return setting
+
+
+def with_keywords(prompts: list[str], overrides: list[str], keywords: list[str]) -> tuple[list[str], list[str]]:
+    """Every prompt said with every keyword, before it ("K P") and after it ("P, K"), each
+    paired with the prompt's own override: the reference's --pos_data_prompt_text, whose random
+    draw of keyword and side per sample this full product reproduces when drawn uniformly."""
+    forget, override = [], []
+    for prompt, over in zip(prompts, overrides):
+        for keyword in keywords:
+            forget += [f"{keyword} {prompt}", f"{prompt}, {keyword}"]
+            override += [over, over]
+    return forget, override
+
+
+def human_size(n_bytes: int) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= size:
+            return f"{n_bytes / size:.1f} {unit}"
+    return f"{n_bytes} B"
+
+
+class AdamWithoutFirstMoment(torch.optim.Optimizer):
+    """Adam with the reference's betas (0, beta2), keeping no first-moment buffer.
+
+    With beta1 = 0 Adam's first moment m_t = beta1 m_{t-1} + (1 - beta1) g_t is the step's own
+    gradient and its bias correction is 1, so the update is p -= lr g_t / (sqrt(v_t / (1 -
+    beta2^t)) + eps) with v_t = beta2 v_{t-1} + (1 - beta2) g_t^2: v_t is the only state. It is
+    torch.optim.Adam(betas=(0, beta2))'s update, operation for operation (tested equal), without
+    a second UNet-sized buffer per network (3.4 GB each for SD 1.x, in memory and in every
+    checkpoint)."""
+
+    def __init__(self, params, lr: float, beta2: float = ADAM_BETAS[1], eps: float = 1e-8) -> None:
+        super().__init__(params, {"lr": lr, "beta2": beta2, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            lr, beta2, eps = group["lr"], group["beta2"], group["eps"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.tensor(0.0)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                grad, exp_avg_sq = p.grad, state["exp_avg_sq"]
+                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                bias_correction2_sqrt = (1 - beta2 ** state["step"].item()) ** 0.5
+                p.addcdiv_(grad, (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps), value=-lr)
+
+
 @dataclass
 class SFDConfig(EraseConfig):
     target: str = doc("weights of the generator that train (reference: the whole UNet)", default="unet")
+    generator: str = doc("where the one-step generator G starts: a diffusers UNet folder (config.json + "
+                         "diffusion_pytorch_model.safetensors, or a pipeline folder with one in unet/) of a one-step "
+                         "generator distilled from this base (reference: SiD-LSG's, ~8M images), or 'teacher' (the base "
+                         "UNet itself: MiniSD's default; on Stable Diffusion one call at t_init is a blurry mean image). "
+                         "Required on Stable Diffusion", default="")
     steps: int = doc("generator updates (reference README: its 100k-image snapshot, 12,500 updates at batch 8)",
                      default=12500)
     lr: float = doc("Adam learning rate of the generator (reference: 1e-6)", default=1e-6)
     fake_lr: float = doc("Adam learning rate of the fake score net (reference: 3e-6)", default=3e-6)
+    adam_eps: float = doc("Adam eps of both optimizers (reference: 1e-6, its fp16 run; 1e-8 in fp32)", default=1e-6)
+    generator_grad_clip: float = doc("clip each of G's gradient elements to [-c, c] before its step; 0 = off "
+                                     "(reference: 1, its fp16 run)", default=1.0)
     batch_size: int = doc("generator samples per loss term (reference: 8)", default=8)
     alpha: float = doc("SiD's alpha in (y_real - y_fake)((y_real - x_g) - alpha (y_real - y_fake)) (reference: 1)",
                        default=1.0)
@@ -130,6 +231,12 @@ class SFDConfig(EraseConfig):
                                "(reference: 4.5)", default=4.5)
     fake_dropout: float = doc("fraction of the fake net's training prompts replaced by '' when --fake-guidance != 1, "
                               "so its unconditional branch learns (reference: 0.1)", default=0.1)
+    negative_prompt: str = doc("the unconditional branch of the forget terms' guided predictions (the fake net's "
+                               "training on forget samples, y_fake and y_real of G's forget term); '' = the empty prompt "
+                               "(reference: --neg_data_prompt_text; its nudity run: a list of NSFW words)", default="")
+    forget_keywords: str = doc("none, or a .txt/.csv of keywords: every forget prompt P is trained as 'K P' and 'P, K' "
+                               "for every keyword K, overridden by P itself (reference: --pos_data_prompt_text; its "
+                               "nudity run: 27 NSFW words)", default="none")
     remain_weight: float = doc("weight of the generator's remain (distillation) term (reference: 1)", default=1.0)
     forget_weight: float = doc("weight of the generator's forget term (reference: 1)", default=1.0)
     fake_forget_weight: float = doc("weight of the fake net's denoising loss on the generator's forget-prompt samples "
@@ -138,17 +245,28 @@ class SFDConfig(EraseConfig):
     remain_prompts: str = doc("prompts whose generation is kept: auto (MiniSD: its world captions; otherwise the "
                               "second half of the shipped COCO captions) or a .txt/.csv prompt file", default="auto")
     n_remain: int = doc("MiniSD world captions drawn as remain prompts (with --remain-prompts auto)", default=256)
-    two_stage: bool = doc("distil first without forgetting (cached, shared by every concept), then forget "
-                          "(the reference's SD recipe)", default=False)
+    two_stage: bool = doc("distil first without forgetting (cached, shared by every concept), then forget",
+                          default=False)
     distill_steps: int = doc("generator updates of stage one with --two-stage", default=2000)
+    gradient_checkpointing: bool = doc("recompute the three UNets' activations in the backward pass instead of "
+                                       "keeping them: less memory, more time, the same result (reference: "
+                                       "--gradient_checkpointing, off)", default=False)
+    checkpoint_every: int = doc("save a resumable checkpoint every N steps (0 = never; reference: every 5,000 images, "
+                                "625 updates at batch 8; an SD 1.x checkpoint holds two UNets and their Adam states, "
+                                "about 14 GB)", default=625)
 
-    # MiniSD (measured, docs/sfd.md): its own guidance 5 for the teacher and the fake net, both lrs
-    # 1e-4 (1e-6 moves a 64-px model nowhere in minutes), batch 4 (CPU time), 300 generator updates
-    world_defaults: ClassVar[dict] = {"mini": {"steps": 300, "lr": 1e-4, "fake_lr": 1e-4, "batch_size": 4,
-                                               "guidance": 5.0, "fake_guidance": 5.0, "distill_steps": 300}}
+    # MiniSD (measured, docs/sfd.md): G starts from the teacher (its 64-px UNet learns one-step
+    # sampling within the run), its own guidance 5 for the teacher and the fake net, both lrs
+    # 1e-4 (1e-6 moves a 64-px model nowhere in minutes), batch 4 (CPU time), 300 generator
+    # updates, fp32's Adam eps and no gradient clipping (the reference's fp16 companions)
+    world_defaults: ClassVar[dict] = {"mini": {"generator": START_FROM_TEACHER, "steps": 300, "lr": 1e-4,
+                                               "fake_lr": 1e-4, "batch_size": 4, "guidance": 5.0, "fake_guidance": 5.0,
+                                               "distill_steps": 300, "adam_eps": 1e-8, "generator_grad_clip": 0.0,
+                                               "checkpoint_every": 100}}
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.generator = self.generator.strip()
         if not self.alpha > 0:
             raise UserError(f"--alpha must be positive (got {self.alpha})")
         if self.t_init < 1:
@@ -157,6 +275,10 @@ class SFDConfig(EraseConfig):
             raise UserError(f"--t-min and --t-max must satisfy 0 <= t_min < t_max (got {self.t_min}, {self.t_max})")
         if not self.fake_lr > 0:
             raise UserError(f"--fake-lr must be positive (got {self.fake_lr})")
+        if not self.adam_eps > 0:
+            raise UserError(f"--adam-eps must be positive (got {self.adam_eps})")
+        if self.generator_grad_clip < 0:
+            raise UserError(f"--generator-grad-clip must be >= 0 (0 = off; got {self.generator_grad_clip})")
         if not 0 <= self.fake_dropout < 1:
             raise UserError(f"--fake-dropout must be in [0, 1) (got {self.fake_dropout})")
         if self.fake_updates_per_generator < 1:
@@ -170,12 +292,27 @@ class SFDConfig(EraseConfig):
             raise UserError(f"--anchor '{self.anchor.strip()}' is the concept itself; SFD overrides the concept with "
                             "a different one, e.g. --anchor 'a person wearing clothes'")
 
+    def require_generator(self) -> None:
+        """A run needs a starting generator (checked before the base model loads); a config
+        without one is still a config (`erasure ls`, --help show the defaults)."""
+        if not self.generator:
+            raise UserError("--generator: SFD on this model starts from a one-step generator distilled from the base "
+                            "beforehand (the reference: SiD-LSG, ~8M images); pass its diffusers UNet folder, or "
+                            "--generator teacher to start from the base UNet (one call at t_init gives a blurry mean image)")
+
 
 class SFDTrainer(Trainer):
     config_cls = SFDConfig
 
+    def __init__(self, config: SFDConfig, pipe=None, cache_dir=None) -> None:
+        config.require_generator()  # before a 4 GB base model loads
+        super().__init__(config, pipe=pipe, cache_dir=cache_dir)
+
     def make_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.trainable.values(), lr=self.config.lr, betas=ADAM_BETAS)
+        return AdamWithoutFirstMoment(self.trainable.values(), lr=self.config.lr, eps=self.config.adam_eps)
+
+    def fake_adam(self) -> torch.optim.Optimizer:
+        return AdamWithoutFirstMoment(self.fake.parameters(), lr=self.config.fake_lr, eps=self.config.adam_eps)
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -193,8 +330,13 @@ class SFDTrainer(Trainer):
 
         self.teacher = self.frozen_copy(self.unet)                 # eps*: never trained
         self.fake = copy.deepcopy(self.unet).float().requires_grad_(False)  # eps_psi: trained in its own update
-        self.fake_optimizer = torch.optim.Adam(self.fake.parameters(), lr=cfg.fake_lr, betas=ADAM_BETAS)
+        self.fake_optimizer = self.fake_adam()
+        self.start_generator()  # G: the distilled one-step generator (teacher and fake net stay the base)
+        if cfg.gradient_checkpointing:
+            for net in (self.unet, self.teacher, self.fake):
+                net.enable_gradient_checkpointing()
         self.c_empty = self.embed([""])
+        self.c_negative = self.embed([cfg.negative_prompt]) if cfg.negative_prompt else self.c_empty
         self.latent_shape = (self.unet.config.in_channels, self.unet.config.sample_size, self.unet.config.sample_size)
         self.remain = self.remain_prompt_list()
         self.forget, self.override = [], []
@@ -205,21 +347,65 @@ class SFDTrainer(Trainer):
         if cfg.two_stage:
             self.start_from_distilled()
 
+    def start_generator(self) -> None:
+        """Copy `--generator`'s weights into G (a diffusers UNet folder, safetensors only, whose
+        config must be the base UNet's); 'teacher' keeps the base UNet's."""
+        cfg: SFDConfig = self.config
+        if cfg.generator == START_FROM_TEACHER:
+            return
+        from diffusers import UNet2DConditionModel
+
+        folder = Path(cfg.generator).expanduser()
+        if (folder / "unet" / "config.json").is_file():  # a whole pipeline folder
+            folder = folder / "unet"
+        if not (folder / "config.json").is_file():
+            raise UserError(f"--generator: no diffusers UNet folder at {cfg.generator} (config.json + "
+                            "diffusion_pytorch_model.safetensors); pass one, or --generator teacher")
+        try:
+            generator = UNet2DConditionModel.from_pretrained(folder, use_safetensors=True)
+        except (OSError, ValueError) as e:
+            raise UserError(f"--generator: {folder} holds no loadable safetensors UNet ({str(e).splitlines()[0]}); "
+                            "erasure reads safetensors only: save it with unet.save_pretrained(DIR, "
+                            "safe_serialization=True)") from None
+        mine, theirs = unet_architecture(self.unet.config), unet_architecture(generator.config)
+        if mine != theirs:
+            diff = ", ".join(f"{k} {theirs.get(k)} (base: {mine.get(k)})" for k in sorted(set(mine) | set(theirs))
+                             if mine.get(k) != theirs.get(k))
+            raise UserError(f"--generator: {folder} is not a UNet of this base's architecture ({diff}); pass a "
+                            "generator distilled from this base model")
+        weights = generator.state_dict()
+        with torch.no_grad():
+            for name, p in self.unet.named_parameters():
+                p.copy_(weights[name])
+        del generator, weights
+        if self.ema_weights is not None:  # the average starts from the starting generator
+            self.ema_weights = {k: p.detach().clone() for k, p in self.trainable.items()}
+
     def remain_prompt_list(self) -> list[str]:
         cfg: SFDConfig = self.config
         if cfg.remain_prompts != "auto":
-            return read_prompts(cfg.remain_prompts, "--remain-prompts", "auto")
+            return read_prompts(prompt_file(cfg.remain_prompts), "--remain-prompts", "auto")
         own = self.world.ordinary_prompts(cfg.n_remain, seed=cfg.seed)  # the world's ordinary captions (MiniSD)
         if own is not None:
             return own
         captions = [row["prompt"] for row in read_prompt_table(COCO_CAPTIONS, "--remain-prompts auto", csv_only=True)]
         return captions[len(captions) // 2:]
 
+    def forget_prompts(self, concept: str) -> list[str]:
+        return self.world.concept_prompts(concept, prompt_file(self.config.concept_prompts), seed=self.config.seed)
+
     def forget_pairs(self, concept: str) -> tuple[list[str], list[str]]:
         """(forget prompts c_f, override prompts c_a), row for row."""
+        cfg: SFDConfig = self.config
         anchor = self.anchor_of(concept)  # refuses an override equal to the concept
         forget = self.forget_prompts(concept)
-        return forget, self.world.override_prompts(forget, concept, anchor, self.config.concept_prompts)
+        override = self.world.override_prompts(forget, concept, anchor, prompt_file(cfg.concept_prompts))
+        if cfg.forget_keywords.strip().lower() == "none":
+            return forget, override
+        # the reference's re.sub(concept, override, prompt) leaves a prompt without the concept's words as it is
+        override = [o if self.world.names_concept(f, concept) else f for f, o in zip(forget, override)]
+        keywords = read_prompts(prompt_file(cfg.forget_keywords), "--forget-keywords", "none,")
+        return with_keywords(forget, override, keywords)
 
     # ------------------------------------------------------------------ the three networks
     def generate(self, cond: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -229,11 +415,15 @@ class SFDTrainer(Trainer):
         eps = self.unet(x_init, t, encoder_hidden_states=cond).sample.float()
         return predicted_x0(x_init, eps, self.alphas_cumprod, t)
 
-    def noise_prediction(self, net, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, guidance: float):
-        """eps(x_t, t, c), classifier-free guided at `guidance` (one batched call for both branches)."""
+    def noise_prediction(self, net, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, guidance: float,
+                         uncond: torch.Tensor | None = None):
+        """eps(x_t, t, c), classifier-free guided at `guidance` (one batched call for both
+        branches); `uncond`: the unconditional branch's embedding, one row or one per sample
+        (default: the empty prompt's)."""
         if guidance == 1:
             return net(x_t, t, encoder_hidden_states=cond).sample.float()
-        uncond = self.c_empty.expand(len(x_t), -1, -1)
+        uncond = self.c_empty if uncond is None else uncond
+        uncond = uncond.expand(len(x_t), -1, -1) if len(uncond) == 1 else uncond
         eps = net(torch.cat([x_t, x_t]), torch.cat([t, t]), encoder_hidden_states=torch.cat([uncond, cond])).sample
         eps_uncond, eps_cond = eps.float().chunk(2)
         return guided(eps_uncond, eps_cond, guidance)
@@ -247,16 +437,21 @@ class SFDTrainer(Trainer):
         return [self.forget[i] for i in idx], [self.override[i] for i in idx]
 
     # ------------------------------------------------------------------ 1. fake score net
-    def fake_denoising_loss(self, prompts: list[str]) -> torch.Tensor:
-        """L_fake on the generator's (detached) samples of `prompts`."""
+    def fake_denoising_loss(self, prompts: list[str], uncond: torch.Tensor | None = None) -> torch.Tensor:
+        """L_fake on the generator's (detached) samples of `prompts`; `uncond` the guidance's
+        unconditional branch (a dropped row takes "" for both branches, as the reference)."""
         cfg: SFDConfig = self.config
         with torch.no_grad():
             x_g = self.generate(self.embed(prompts), self.randn(len(prompts), *self.latent_shape))
         x_t, t, noise = self.noised(x_g, t_range=(cfg.t_min, cfg.t_max))
+        uncond = self.c_empty if uncond is None else uncond
         if cfg.fake_guidance != 1 and cfg.fake_dropout > 0:  # train the unconditional branch too
             dropped = (torch.rand(len(prompts), generator=self.generator) < cfg.fake_dropout).tolist()
             prompts = ["" if d else p for p, d in zip(prompts, dropped)]
-        eps = self.noise_prediction(self.fake, x_t, t, self.embed(prompts), cfg.fake_guidance)
+            if uncond is not self.c_empty:
+                keep = torch.tensor([not d for d in dropped], device=self.device).view(-1, 1, 1)
+                uncond = torch.where(keep, uncond, self.c_empty)
+        eps = self.noise_prediction(self.fake, x_t, t, self.embed(prompts), cfg.fake_guidance, uncond)
         return ((eps - noise) ** 2).sum() / len(prompts)
 
     def fake_score_update(self, forget: bool = True) -> dict[str, float]:
@@ -264,29 +459,33 @@ class SFDTrainer(Trainer):
         cfg: SFDConfig = self.config
         self.fake.requires_grad_(True)
         self.fake_optimizer.zero_grad(set_to_none=True)
-        terms = [("fake", 1.0, self.pick(self.remain))]
+        terms = [("fake", 1.0, self.pick(self.remain), self.c_empty)]
         if forget and cfg.fake_forget_weight > 0:
-            terms.append(("fake_forget", cfg.fake_forget_weight, self.pick_pairs()[0]))
+            terms.append(("fake_forget", cfg.fake_forget_weight, self.pick_pairs()[0], self.c_negative))
         logs = {}
-        for name, weight, prompts in terms:  # one backward per term, as the reference (peak memory)
-            loss = self.fake_denoising_loss(prompts)
+        for name, weight, prompts, uncond in terms:  # one backward per term, as the reference (peak memory)
+            loss = self.fake_denoising_loss(prompts, uncond)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"the fake score net's loss became {loss.item()} at step {self.step}; lower "
                                        "--fake-lr or use --dtype float32")
             (weight * loss).backward()
             logs[name] = loss.item()
         self.fake_optimizer.step()
+        self.fake_optimizer.zero_grad(set_to_none=True)  # its gradients (a UNet's worth) are not held through G's update
         self.fake.requires_grad_(False)
         return logs
 
     # ------------------------------------------------------------------ 2. generator
-    def sid_term(self, c_gen: torch.Tensor, c_real: torch.Tensor, c_fake: torch.Tensor) -> torch.Tensor:
-        """L_SiD for x_g = G(z, c_gen), y_real = teacher(x_t, c_real), y_fake = fake(x_t, c_fake)."""
+    def sid_term(self, c_gen: torch.Tensor, c_real: torch.Tensor, c_fake: torch.Tensor,
+                 uncond: torch.Tensor | None = None) -> torch.Tensor:
+        """L_SiD for x_g = G(z, c_gen), y_real = teacher(x_t, c_real), y_fake = fake(x_t, c_fake),
+        both guided with `uncond` as their unconditional branch (default "")."""
         cfg: SFDConfig = self.config
         x_g = self.generate(c_gen, self.randn(len(c_gen), *self.latent_shape))
         x_t, t, _ = self.noised(x_g, t_range=(cfg.t_min, cfg.t_max))
-        y_real = predicted_x0(x_t, self.noise_prediction(self.teacher, x_t, t, c_real, cfg.guidance), self.alphas_cumprod, t)
-        y_fake = predicted_x0(x_t, self.noise_prediction(self.fake, x_t, t, c_fake, cfg.fake_guidance),
+        y_real = predicted_x0(x_t, self.noise_prediction(self.teacher, x_t, t, c_real, cfg.guidance, uncond),
+                              self.alphas_cumprod, t)
+        y_fake = predicted_x0(x_t, self.noise_prediction(self.fake, x_t, t, c_fake, cfg.fake_guidance, uncond),
                               self.alphas_cumprod, t)
         return sid_generator_loss(y_real, y_fake, x_g, cfg.alpha)
 
@@ -301,7 +500,7 @@ class SFDTrainer(Trainer):
         if forget and cfg.forget_weight > 0:
             forget_prompts, override_prompts = self.pick_pairs()
             c_f, c_a = self.embed(forget_prompts), self.embed(override_prompts)
-            forget_term = self.sid_term(c_f, c_a, c_f)
+            forget_term = self.sid_term(c_f, c_a, c_f, self.c_negative)
             (cfg.forget_weight * forget_term).backward()
             total = total + cfg.forget_weight * forget_term.detach()
             logs["forget"] = forget_term.item()
@@ -314,14 +513,27 @@ class SFDTrainer(Trainer):
         loss, generator_logs = self.generator_backward(forget=True)
         return loss, {**logs, **generator_logs}
 
+    def before_optimizer_step(self) -> None:
+        self.clip_generator_gradients()
+
+    def clip_generator_gradients(self) -> None:
+        """The reference clips G's gradients by value before its step (NaN stays NaN: the
+        trainer's guard still stops on it)."""
+        clip = self.config.generator_grad_clip
+        grads = [p for p in self.trainable.values() if p.grad is not None]
+        if clip > 0 and grads:
+            torch.nn.utils.clip_grad_value_(grads, clip)
+
     # ------------------------------------------------------------------ two-stage mode: stage one
     def distill_settings(self) -> dict:
         """Everything stage one's result depends on (its cache key)."""
         cfg: SFDConfig = self.config
         names = ("target", "t_init", "t_min", "t_max", "alpha", "guidance", "fake_guidance", "fake_dropout", "lr",
-                 "fake_lr", "batch_size", "remain_weight", "fake_updates_per_generator", "distill_steps", "ema", "seed")
+                 "fake_lr", "adam_eps", "generator_grad_clip", "batch_size", "remain_weight",
+                 "fake_updates_per_generator", "distill_steps", "ema", "seed")
         return {"format": DISTILL_FORMAT, "bf16": self.use_bf16, **{n: getattr(cfg, n) for n in names},
-                "unet": hash_tensors(self.unet.state_dict()), "text_encoder": hash_tensors(self.text_encoder.state_dict()),
+                "generator": hash_tensors(self.unet.state_dict()), "teacher": hash_tensors(self.teacher.state_dict()),
+                "text_encoder": hash_tensors(self.text_encoder.state_dict()),
                 "remain_prompts": hashlib.sha256(json.dumps(self.remain).encode()).hexdigest()}
 
     def start_from_distilled(self) -> None:
@@ -349,8 +561,8 @@ class SFDTrainer(Trainer):
         stage_two = (self.generator, self.fake, self.fake_optimizer)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.fake = copy.deepcopy(self.fake)
-        self.fake_optimizer = torch.optim.Adam(self.fake.parameters(), lr=cfg.fake_lr, betas=ADAM_BETAS)
-        optimizer = torch.optim.Adam(self.trainable.values(), lr=cfg.lr, betas=ADAM_BETAS)
+        self.fake_optimizer = self.fake_adam()
+        optimizer = self.make_optimizer()
         ema = {k: p.detach().clone() for k, p in self.trainable.items()} if cfg.ema else None
         try:
             for step in tqdm(range(cfg.distill_steps), desc="sfd stage one: distillation", dynamic_ncols=True):
@@ -362,6 +574,7 @@ class SFDTrainer(Trainer):
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(f"stage one's loss became {loss.item()} at step {step}; lower --lr or "
                                            "--fake-lr, or use --dtype float32")
+                self.clip_generator_gradients()
                 optimizer.step()
                 if ema is not None:
                     with torch.no_grad():
@@ -375,10 +588,18 @@ class SFDTrainer(Trainer):
 
     # ------------------------------------------------------------------ checkpoints and the product
     def extra_state(self) -> dict[str, torch.Tensor]:
+        """The fake score net and its Adam state (G, G's Adam state, the EMA and every RNG are the
+        trainer's): with them a resumed run is the uninterrupted one."""
         return self.network_state("fake", self.fake, self.fake_optimizer)
 
     def load_extra_state(self, tensors: dict[str, torch.Tensor]) -> None:
         self.load_network_state("fake", self.fake, self.fake_optimizer, tensors)
+
+    def save_checkpoint(self, out_dir: Path) -> None:
+        """The trainer's checkpoint, and its size on the console (an SD 1.x one is ~14 GB)."""
+        super().save_checkpoint(out_dir)
+        path = Path(out_dir) / CHECKPOINT_DIR / "state.safetensors"
+        tqdm.write(f"checkpoint: {human_size(path.stat().st_size)} at step {self.step} ({path})")
 
     def manifest_extra(self) -> dict:
         """How the product samples (read by ErasedPipeline and the CLI), and stage one's cache file."""
@@ -401,6 +622,12 @@ class SFDTrainer(Trainer):
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe
         return out
+
+
+def unet_architecture(config) -> dict:
+    """A UNet config's architecture settings (not diffusers' bookkeeping: names, versions), lists
+    for tuples, for comparing two UNets."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dict(config).items() if not k.startswith("_")}
 
 
 register_method("sfd", SFDConfig, SFDTrainer)
