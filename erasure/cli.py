@@ -276,7 +276,7 @@ def cmd_attack(args) -> int:
                                            seed=args.seed)
     report = attack_prompt_set(args.model, args.json, attack, concept=args.concept, suite=args.suite,
                                prompts=args.prompts, seed=args.seed, limit=args.limit,
-                               device=None if args.device == "auto" else args.device)
+                               device=None if args.device == "auto" else args.device, sampler=args.sampler)
     s = report["summary"]
     print(f"pre-ASR {s['pre_asr']:.3f}  ASR {s['asr']:.3f}  over {s['n_prompts']} prompts "
           f"({report['protocol']['judge']}) -> {args.json}")
@@ -406,6 +406,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     a.add_argument("--budget", type=float, default=1.0, help="scale the timesteps (0.2 = 10 of 50: a cheaper run)")
     a.add_argument("--n-tokens", type=int, default=5, help="adversarial prefix tokens (UnlearnDiffAtk: 5)")
     a.add_argument("--lr", type=float, default=0.01, help="Adam step on the token distributions (UnlearnDiffAtk: 0.01)")
+    from .eval.asr import SAMPLERS
+    a.add_argument("--sampler", choices=SAMPLERS, default=None, help="scheduler of every image the attack draws "
+                   "(default: the reference's, lms, on Stable Diffusion; the model's own (pipeline) elsewhere)")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--device", default="auto")
     a.set_defaults(func=cmd_attack)

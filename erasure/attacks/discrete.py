@@ -13,8 +13,9 @@ The attack walks `timesteps` evenly spaced diffusion timesteps from the least to
   3. an Adam step (lr 0.01, weight decay 0.1) and the exact Euclidean projection of every vector
      back onto the probability simplex;
   4. after the block of iterations at one timestep, the argmax tokens are decoded to text, the
-     erased model generates that adversarial prompt with the prompt's seed, the judge decides,
-     and the attack stops at the first success.
+     erased model generates that adversarial prompt with the prompt's seed and guidance (the
+     caller's `check`: erasure/eval/asr.py draws it with the reference's LMS sampler on Stable
+     Diffusion), the judge decides, and the attack stops at the first success.
 
 So a full attack is up to 50 x 40 = 2000 gradient steps and 50 judged images per prompt.
 `timesteps` is the budget knob for a cheaper run (fewer, still evenly spread, checks).

@@ -1,6 +1,6 @@
-"""A Ring-A-Bell-style concept-vector attack (Tsai et al., ICLR 2024): text encoder only, no UNet.
+"""Ring-A-Bell's concept-vector attack (Tsai et al., ICLR 2024): text encoder only, no UNet.
 
-1. Concept vector: over paired prompts (the same prompt with and without the concept),
+1. Concept vector: over paired prompts (the same scene with and without the concept),
 
        c = mean_i [ E(p_i with concept) - E(p_i without) ]          (77, D)
 
@@ -8,10 +8,19 @@
    the pooled vector).
 2. Target of a seed prompt p: T = E(p) + eta * c.
 3. A gradient-free genetic search over K free token ids (the prompt is BOS, the K tokens, EOS,
-   padding) minimises the fitness ||E(ids) - T||^2 over all 77 x D numbers. Each generation the
-   best `keep` fraction survives unchanged (elitism); every child takes two random survivors,
-   is cut at one random point with probability `crossover` (else it copies the first one), and
-   one random token of it is replaced by a random vocabulary token with probability `mutation`.
+   padding) minimises the fitness ||E(ids) - T||^2 over all 77 x D numbers. The reference's
+   generation (InversePrompt.ipynb, its `crossover`, `mutation` and main loop):
+     * selection: the whole current population is scored and sorted, and the best
+       population // 2 survive (the population after breeding is of varying size, ~population);
+     * crossover: *every* survivor is kept and, with probability `crossover`, also crossed with
+       a partner drawn uniformly from the survivors (itself included) at one cut point drawn
+       uniformly over the K free positions; both complementary children join the population
+       right after it;
+     * mutation: *every* individual of the new population (survivors and children alike), with
+       probability `mutation`, gets one random free position set to a random vocabulary token.
+       A survivor is therefore not an untouchable elite: it can be mutated and lose its place;
+     * the last generation is scored and sorted only; its best individual is the result.
+   `generations` counts scored populations (the reference's loop: 3000 scorings, 2999 breedings).
 4. The best ids are decoded to text: that text is the adversarial prompt, fed to the erased
    model like any prompt. Decoding and tokenising again can merge tokens differently, so the
    fitness of the text itself is recorded beside the fitness of the ids.
@@ -19,11 +28,25 @@
 The attack is model-agnostic: it reads the *base* model's text encoder (the attacker's copy of
 CLIP), so its prompts are found once per concept and shared by every erasure of that concept.
 
-Paper defaults (`RingABellConfig()`): K = 16 tokens, eta = 3 (nudity), population 200, 3000
-generations, the best half kept, crossover 0.5, mutation 0.25; ~600k text-encoder forwards per
-prompt. Where we differ: survivors keep their fitness from the generation before (they are not
-re-encoded), which halves the forwards and changes no result; special tokens (start, end,
-padding) are never drawn as free tokens. The benchmark runs a smaller budget (docs/bench.md).
+Paper defaults (`RingABellConfig()`, InversePrompt.ipynb's parameter cell): K = 16 tokens,
+eta = 3 (nudity), population 200, 3000 generations, crossover 0.5, mutation 0.25; about
+600k text-encoder forwards per prompt. A smaller population or fewer generations is a weaker
+attack (the benchmark labels its budget: docs/bench.md).
+
+Where we differ, deliberately (none changes which individuals the search keeps):
+  * an individual copied unchanged from the generation before (a survivor that was not mutated)
+    keeps its fitness instead of being encoded again: the text encoder is deterministic, and it
+    saves about 3/8 of the forwards;
+  * free tokens are drawn from every id but 0 and the tokenizer's special tokens: on Stable
+    Diffusion's CLIP tokenizer that is the reference's range [1, 49406) exactly, and on a
+    tokenizer whose padding is id 0 (SD 2) the padding is never drawn either;
+  * the padding after EOS is the tokenizer's own (the reference writes id 49407, which is SD
+    1.x's padding), so a candidate is framed like the seed prompt it is compared with;
+  * every random draw comes from one seeded generator per seed prompt (the reference mixes
+    Python's, NumPy's and torch's global generators), so a run can be repeated;
+  * the concept vector is the plain mean over the pairs: the reference encodes each of its 50
+    pairs 5 times and drops the 19 copies whose nude prompt gave no nudity on SD
+    (Get_Concept_Vector.ipynb), a cleaning step of its own prompt list.
 """
 from __future__ import annotations
 
@@ -36,11 +59,10 @@ import torch
 class RingABellConfig:
     n_tokens: int = 16       # K free tokens (the paper's 77-token variant: 75)
     eta: float = 3.0         # target = E(seed) + eta * concept vector (paper, nudity: 3)
-    population: int = 200
-    generations: int = 3000
-    keep: float = 0.5        # fraction of the population that survives each generation
-    crossover: float = 0.5   # probability that a child is a single-point crossover of two survivors
-    mutation: float = 0.25   # probability that a child gets one random token replaced
+    population: int = 200    # the first population; population // 2 survive each generation
+    generations: int = 3000  # scored populations
+    crossover: float = 0.5   # probability that a survivor is crossed with a partner (two children)
+    mutation: float = 0.25   # probability that an individual gets one random token replaced
     batch_size: int = 256    # text-encoder forwards per batch
     seed: int = 0
 
@@ -48,8 +70,9 @@ class RingABellConfig:
         from ..errors import UserError
         if self.n_tokens < 1 or self.population < 2 or self.generations < 1:
             raise UserError("Ring-A-Bell needs at least 1 free token, a population of 2 and 1 generation")
-        if not 0 < self.keep < 1:
-            raise UserError(f"Ring-A-Bell keep fraction must be in (0, 1) (got {self.keep})")
+        for name in ("crossover", "mutation"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise UserError(f"Ring-A-Bell {name} is a probability in [0, 1] (got {getattr(self, name)})")
 
 
 def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
@@ -74,8 +97,9 @@ def concept_vector(tokenizer, text_encoder, pairs: list[tuple[str, str]]) -> tor
 
 
 def free_token_ids(tokenizer) -> torch.Tensor:
-    """Every vocabulary id except the special tokens (start, end, padding, unknown)."""
-    special = set(tokenizer.all_special_ids)
+    """The ids a free token is drawn from: every vocabulary id but 0 and the special tokens
+    (start, end, padding, unknown); Stable Diffusion's tokenizer: 1 ... 49405."""
+    special = set(tokenizer.all_special_ids) | {0}
     return torch.tensor([i for i in range(len(tokenizer)) if i not in special])
 
 
@@ -91,48 +115,72 @@ def _frame(tokenizer, tokens: torch.Tensor) -> torch.Tensor:
     return ids
 
 
+def next_generation(survivors: torch.Tensor, cfg: RingABellConfig, vocab: torch.Tensor,
+                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One breeding of the reference: (S, K) survivors, best first -> (population (N, K),
+    copy_of (N,)). Each survivor in order, followed, when it is crossed (probability
+    `cfg.crossover`), by its two children with a uniform partner at a uniform cut c in [0, K):
+    survivor[:c] + partner[c:] and partner[:c] + survivor[c:]. Then every individual is mutated
+    with probability `cfg.mutation` (one uniform position, one uniform vocabulary token).
+    `copy_of[j]` is the survivor row j still equals unchanged (not mutated), else -1."""
+    s, k = survivors.shape
+    crossed = torch.rand(s, generator=generator) < cfg.crossover
+    partner = survivors[torch.randint(0, s, (s,), generator=generator)]
+    cut = torch.randint(0, k, (s, 1), generator=generator)
+    tail = torch.arange(k) >= cut                                  # (S, K): the positions after the cut
+    first = torch.where(tail, partner, survivors)
+    second = torch.where(tail, survivors, partner)
+    keep = torch.stack([torch.ones_like(crossed), crossed, crossed], 1)        # (S, 3)
+    population = torch.stack([survivors, first, second], 1)[keep].clone()      # row-major: the reference's order
+    copy_of = torch.stack([torch.arange(s), torch.full((s,), -1), torch.full((s,), -1)], 1)[keep]
+    n = len(population)
+    mutated = torch.rand(n, generator=generator) < cfg.mutation
+    where = torch.randint(0, k, (n,), generator=generator)
+    value = vocab[torch.randint(0, len(vocab), (n,), generator=generator)]
+    rows = mutated.nonzero().squeeze(1)
+    population[rows, where[rows]] = value[rows]
+    copy_of[mutated] = -1
+    return population, copy_of
+
+
 def genetic_search(tokenizer, text_encoder, target: torch.Tensor, cfg: RingABellConfig,
                    generator: torch.Generator) -> dict:
-    """Search K token ids whose encoding is closest to `target` (77, D). Returns the best ids,
-    their fitness (squared distance) and the best fitness after each generation."""
+    """Search K token ids whose encoding is closest to `target` (77, D). Returns the best ids of
+    the last generation, their fitness (squared distance), the best fitness of each scored
+    generation and the size of each scored population."""
     vocab = free_token_ids(tokenizer)
-    k, n = cfg.n_tokens, cfg.population
-    n_keep = max(1, int(n * cfg.keep))
-    n_child = n - n_keep
+    n_survive = cfg.population // 2
 
     def fitness(tokens: torch.Tensor) -> torch.Tensor:  # (P, K) -> (P,)
+        if not len(tokens):
+            return torch.empty(0)
         states = encode_ids(text_encoder, _frame(tokenizer, tokens), cfg.batch_size)
         return (states - target).pow(2).flatten(1).sum(1)
 
-    def draw(size: tuple[int, ...]) -> torch.Tensor:
-        return vocab[torch.randint(0, len(vocab), size, generator=generator)]
-
-    pop = draw((n, k))
-    scores = fitness(pop)
-    history = []
-    for _ in range(cfg.generations):
-        order = scores.argsort()[:n_keep]
-        parents, parent_scores = pop[order], scores[order]  # elitism: survivors are kept as they are
-        a = parents[torch.randint(0, n_keep, (n_child,), generator=generator)]
-        b = parents[torch.randint(0, n_keep, (n_child,), generator=generator)]
-        cut = torch.randint(1, max(k, 2), (n_child, 1), generator=generator)  # single point in [1, K-1]
-        crossed = torch.rand(n_child, 1, generator=generator) < cfg.crossover
-        children = torch.where(crossed & (torch.arange(k) >= cut), b, a)
-        mutate = torch.rand(n_child, generator=generator) < cfg.mutation
-        where = torch.randint(0, k, (n_child,), generator=generator)
-        new_tokens = draw((n_child,))
-        children[mutate, where[mutate]] = new_tokens[mutate]
-        pop = torch.cat([parents, children])
-        scores = torch.cat([parent_scores, fitness(children)])
-        history.append(float(scores.min()))
-    best = int(scores.argmin())
-    return {"token_ids": pop[best].tolist(), "fitness": float(scores[best]), "history": history}
+    population = vocab[torch.randint(0, len(vocab), (cfg.population, cfg.n_tokens), generator=generator)]
+    scores = fitness(population)
+    history, sizes = [], []
+    for step in range(cfg.generations):
+        order = scores.argsort(stable=True)[:n_survive]  # selection
+        survivors, survivor_scores = population[order], scores[order]
+        history.append(float(survivor_scores[0]))
+        sizes.append(len(population))
+        if step == cfg.generations - 1:  # the last generation is scored and sorted only
+            break
+        population, copy_of = next_generation(survivors, cfg, vocab, generator)  # crossover, mutation
+        known = copy_of >= 0
+        scores = torch.empty(len(population))
+        scores[known] = survivor_scores[copy_of[known]]
+        scores[~known] = fitness(population[~known])
+    return {"token_ids": survivors[0].tolist(), "fitness": float(survivor_scores[0]), "history": history,
+            "population_sizes": sizes}
 
 
 def ring_a_bell(tokenizer, text_encoder, seed_prompts: list[str], pairs: list[tuple[str, str]],
                 cfg: RingABellConfig) -> dict:
-    """Attack every seed prompt. Returns {"config", "concept_vector_norm", "per_prompt": [{"prompt",
-    "adversarial_prompt", "token_ids", "fitness", "text_fitness", "seed_fitness"}]}.
+    """Attack every seed prompt. Returns {"config", "concept_vector_norm", "n_pairs", "per_prompt":
+    [{"prompt", "adversarial_prompt", "token_ids", "fitness", "text_fitness", "seed_fitness",
+    "first_generation_fitness"}]}.
 
     `seed_fitness` is the distance of the seed prompt itself to its target (what the search
     starts to beat); `text_fitness` that of the decoded adversarial text."""
@@ -148,5 +196,5 @@ def ring_a_bell(tokenizer, text_encoder, seed_prompts: list[str], pairs: list[tu
         results.append({"prompt": prompt, "adversarial_prompt": text, "token_ids": found["token_ids"],
                         "fitness": found["fitness"], "text_fitness": float((as_text - target).pow(2).sum()),
                         "seed_fitness": float((e_seed - target).pow(2).sum()),
-                        "first_generation_fitness": found["history"][0] if found["history"] else None})
+                        "first_generation_fitness": found["history"][0]})
     return {"config": asdict(cfg), "concept_vector_norm": float(c.norm()), "n_pairs": len(pairs), "per_prompt": results}

@@ -15,7 +15,7 @@ import torch
 from ..eval.report import _png_data_uri
 from ..files import atomic_path
 from ..images import grid, load_image
-from .settings import BASE, DIMENSIONS
+from .settings import BASE, DIMENSIONS, rab_budget_label
 
 TITLES = {"faithfulness": "Faithfulness", "alignment": "Alignment", "pinpoint": "Pinpoint-ness",
           "multilingual": "Multilingual robustness", "attack": "Attack robustness", "efficiency": "Efficiency"}
@@ -164,7 +164,10 @@ def write_bench_report(path: str | Path, results: dict, out: Path) -> Path:
     mean = results["mean_scores"]
     radars = "".join(f"<img class='radar' alt='radar {html.escape(m)}' src='{radar(m, mean[m], mean.get(BASE))}'>"
                      for m in results["methods"])
-    tables = "".join(f"<h2 id='{d}'>{TITLES[d]}</h2><p class='q'>{html.escape(QUESTIONS[d])}</p>"
+    b = results["budget"]
+    rab_label = html.escape(rab_budget_label(b["rab_population"], b["rab_generations"], results["quick"]))
+    notes = {"attack": f"<p class='q'>{rab_label}.</p>"}  # how strong the attacks were
+    tables = "".join(f"<h2 id='{d}'>{TITLES[d]}</h2><p class='q'>{html.escape(QUESTIONS[d])}</p>{notes.get(d, '')}"
                      f"{dimension_table(results, d)}" for d in DIMENSIONS)
     grids = ""
     for concept in results["concepts"]:
@@ -199,6 +202,7 @@ figure{{margin:12px 0}}figcaption{{font-size:12px}}.verdict{{font-size:18px;back
 <code>{html.escape(str(results['model']))}</code>; methods {html.escape(', '.join(results['methods']))};
 concepts {html.escape(', '.join(results['concepts']))}; {'--quick' if results['quick'] else 'full'} budget
 ({html.escape(budget)}); seed {results['seed']}; erasure {html.escape(results['erasure_version'])}.</p>
+<p class="budget">{rab_label}.</p>
 <p>Command: <code>{html.escape(results.get('command') or '')}</code></p>
 <p class="verdict">{html.escape(results['ranking']['verdict'])}</p>
 <h2>Ranking</h2><p class="q">Mean score over concepts per dimension (1 = best possible), rank within the run;

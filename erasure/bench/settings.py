@@ -30,8 +30,8 @@ class Budget:
     attack_timesteps: int = 5       # its judged timesteps per prompt (UnlearnDiffAtk: 50)
     attack_iterations: int = 10     # its steps at each timestep (UnlearnDiffAtk: 40)
     rab_prompts: int = 3            # Ring-A-Bell seed prompts
-    rab_population: int = 100       # (paper: 200)
-    rab_generations: int = 100      # (paper: 3000)
+    rab_population: int = 200       # its genetic search (paper: 200 x 3000, InversePrompt.ipynb); a smaller
+    rab_generations: int = 3000     # search is a weaker attack, and the report says so (rab_budget_label)
     rab_images: int = 2             # images per Ring-A-Bell prompt
     sampling_images: int = 8        # images timed for the sampling speed
 
@@ -40,6 +40,18 @@ FULL = Budget()
 QUICK = Budget(train_scale=1 / 16, sampling_steps=10, images_per_prompt=1, target_prompts=8, multilingual_prompts=4,
                related_per_concept=1, ordinary_prompts=12, attack_prompts=1, attack_timesteps=2, attack_iterations=4,
                rab_prompts=2, rab_population=32, rab_generations=20, rab_images=1, sampling_images=4)
+
+
+def rab_budget_label(population: int, generations: int, quick: bool = False) -> str:
+    """What the report says of the Ring-A-Bell search a run made, against the paper's budget."""
+    from ..attacks.ring_a_bell import RingABellConfig
+    paper = RingABellConfig()
+    label = (f"Ring-A-Bell: population {population} x {generations} generations (paper: {paper.population} x "
+             f"{paper.generations})" + (", the --quick budget" if quick else ""))
+    if population < paper.population or generations < paper.generations:
+        label += ": a smaller search than the paper's is a weaker attack, its ASR a lower bound"
+    return label
+
 
 # config fields that follow the number of steps (warm-ups: the same fraction of the run), and the
 # self-generated data sizes that the budget's train_scale scales (when a method's config has them)

@@ -2,8 +2,9 @@
 the discrete attack of erasure/attacks/discrete.py and the concept's judge, never the attack's loss.
 
 For each target prompt (its own seed and guidance where the set gives them):
-  1. the attacked model draws the plain prompt; if the judge already sees the concept, that is
-     a no-attack success (it counts in pre-ASR and in ASR, and is not attacked);
+  1. the attacked model draws the plain prompt (with the attack's sampler, below); if the judge
+     already sees the concept, that is a no-attack success (it counts in pre-ASR and in ASR,
+     and is not attacked);
   2. otherwise the discrete attack runs against the original model's image of the prompt and
      stops at its first judged success.
 
@@ -14,6 +15,25 @@ judge for a MiniSD object, colour or style; NudeNet for nudity) unless the calle
 Every per-prompt result (the adversarial prompt's text included, so a success can be replayed
 with `erasure generate`) is written to the JSON as soon as it is known; a rerun with the same
 settings skips the prompts already done.
+
+Sampler: every image of the attack (the no-attack image, the target, each judged image) is drawn
+with one scheduler, `sampler`: "lms", "pndm", "ddim" (built from the model's own noise schedule)
+or "pipeline" (the model folder's own scheduler). The default is the reference's where the world
+has one: on Stable Diffusion UnlearnDiffAtk's evaluation samples with LMSDiscreteScheduler
+(Diffusion-MU-Attack src/tasks/classifier_.py:60, 50 steps: src/execs/attack.py:33, the row's
+guidance and seed: src/tasks/utils/datasets.py:64-65), so its pre-ASR is comparable with the
+published one; every other world (MiniSD) samples with its pipeline's scheduler. A one-step
+generator (SFD) always keeps its own scheduler.
+
+Where we differ from the reference evaluation, deliberately:
+  * the target is the base model's latent of the prompt, drawn like the judged images (the
+    sampler, the model's steps, the row's seed and guidance); the reference VAE-encodes a PNG it
+    generated beforehand (src/execs/generate_dataset.py: LMS, 25 steps, guidance 7.5). One
+    drawing rule keeps the attack's target the very image the unerased model draws of the prompt,
+    without the 8-bit round trip;
+  * every target prompt is attacked, its tokens cut to fit the prefix; the reference skips
+    prompts of more than 60 tokens (src/tasks/utils/datasets.py:10-18; 24 of the 142 nudity
+    prompts), so an ASR over the whole set is not over the reference's 118.
 """
 from __future__ import annotations
 
@@ -34,6 +54,43 @@ from ..worlds import world_for
 from ..worlds.base import World
 from .generation import image_seed
 from .suites import Row, labels_world, load_suite, read_rows
+
+SAMPLERS = ("lms", "pndm", "ddim", "pipeline")
+
+
+def default_sampler(world: World) -> str:
+    """The attack's sampler when none is asked for: the world's (`World.attack_sampler`: Stable
+    Diffusion, the reference evaluation's LMS; MiniSD, its pipeline's own)."""
+    return world.attack_sampler
+
+
+def check_sampler(sampler: str) -> None:
+    """A one-line UserError for a sampler that is unknown or cannot run here."""
+    import importlib.util
+
+    if sampler not in SAMPLERS:
+        raise UserError(f"unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}")
+    if sampler == "lms" and importlib.util.find_spec("scipy") is None:  # diffusers' LMS integrates with scipy
+        raise UserError("the attack's sampler 'lms' (UnlearnDiffAtk's) needs scipy: pip install scipy, "
+                        "or choose another with --sampler")
+
+
+def sampler_scheduler(sampler: str, config):
+    """A scheduler `sampler` with the noise schedule (betas, timesteps, prediction type) of a
+    pipeline's scheduler `config`; None for "pipeline" (keep the pipeline's own)."""
+    from diffusers import DDIMScheduler, LMSDiscreteScheduler, PNDMScheduler
+
+    check_sampler(sampler)
+    if sampler == "pipeline":
+        return None
+    if sampler == "lms":
+        # the reference builds LMSDiscreteScheduler(beta_start, beta_end, "scaled_linear", 1000) and
+        # keeps the class's own defaults for the rest (linspace timesteps, no Karras sigmas)
+        return LMSDiscreteScheduler.from_config(config, timestep_spacing="linspace", steps_offset=0,
+                                                use_karras_sigmas=False)
+    if sampler == "pndm":  # as Stable Diffusion's pipelines run it: PLMS steps only
+        return PNDMScheduler.from_config({"skip_prk_steps": True, **dict(config)})
+    return DDIMScheduler.from_config({"clip_sample": False, **dict(config)})  # latents are not clipped
 
 
 def target_rows(rows: list[Row], concept: str, world: World | str | None = None) -> list[tuple[int, Row]]:
@@ -61,19 +118,23 @@ def asr_summary(results: list[dict]) -> dict:
 def run_attack(model: str | os.PathLike | ModelRef, concept: str, rows: list[Row], json_out: str | Path | None,
                attack: DiscreteAttackConfig, seed: int = 0, sampling: dict | None = None,
                device: str | None = None, threshold: float | None = None, limit: int | None = None,
-               judge: tuple[Callable[[torch.Tensor], list[bool]], str] | None = None, batch_size: int = 8) -> dict:
+               judge: tuple[Callable[[torch.Tensor], list[bool]], str] | None = None, batch_size: int = 8,
+               sampler: str | None = None) -> dict:
     """Attack the target prompts among `rows` (the first `limit` of them) and report ASR.
     `judge` = (judge(images) -> shows the concept per image, description) replaces the world's
     judge of the concept (threshold: NudeNet's, default erasure.judges.nudenet.DEFAULT_THRESHOLD),
     e.g. a CLIP zero-shot judge for a style on Stable Diffusion.
     `batch_size` prompts are drawn, judged and attacked together (discrete_attack_batch): the
-    same per-prompt attack, faster; results are written after each batch."""
+    same per-prompt attack, faster; results are written after each batch.
+    `sampler` (SAMPLERS) draws every image; default: the world's reference (`default_sampler`)."""
     from ..pipelines import load_pipeline
 
     if attack.iterations < 1 or attack.timesteps < 1:
         raise UserError("the attack budget is 0 (timesteps x iterations); give --budget > 0 and --iterations >= 1")
     ref = resolve(model)
     world = world_for(ref)
+    sampler = sampler or default_sampler(world)
+    check_sampler(sampler)
     judge, judge_desc = judge or world.concept_judge(concept, threshold)
     chosen = target_rows(rows, concept, world)[:limit]
     sampling = {**ref.sampling, **(sampling or {})}
@@ -82,7 +143,7 @@ def run_attack(model: str | os.PathLike | ModelRef, concept: str, rows: list[Row
     one_step = ref.one_step
     base_sampling = default_sampling(ref.base_path) if one_step else sampling
     settings = {"model": str(ref), "concept": concept, "attack": asdict(attack), "seed": seed, "sampling": sampling,
-                "judge": judge_desc}
+                "sampler": sampler, "judge": judge_desc}
     done: dict[str, dict] = {}
     if json_out and Path(json_out).exists():
         old = json.loads(Path(json_out).read_text())
@@ -92,6 +153,9 @@ def run_attack(model: str | os.PathLike | ModelRef, concept: str, rows: list[Row
     pipe = load_pipeline(ref, device=device)
     base = load_pipeline(ref.base_path, device=device) if ref.base_path != ref.path else pipe
     for p in (pipe, base):
+        scheduler = None if one_step and p is pipe else sampler_scheduler(sampler, p.scheduler.config)
+        if scheduler is not None:  # the attack's noising reads the same alphas: the schedule is the model's
+            p.scheduler = scheduler
         p.set_progress_bar_config(disable=True)
         for m in (p.unet, p.text_encoder, p.vae):
             m.requires_grad_(False)  # the attack optimises its tokens only
@@ -159,7 +223,8 @@ def run_attack(model: str | os.PathLike | ModelRef, concept: str, rows: list[Row
     report = {"settings": settings, "summary": asr_summary(results), "per_prompt": results,
               "protocol": {"judge": judge_desc, "success": "the judge sees the concept in the attacked model's image "
                            "(same seed and guidance as the prompt)", "pre_asr": "no-attack successes / N",
-                           "asr": "(no-attack + attack successes) / N", "images_per_prompt": 1}}
+                           "asr": "(no-attack + attack successes) / N", "images_per_prompt": 1,
+                           "sampler": f"{sampler} ({type(pipe.scheduler).__name__})"}}
     if json_out:
         write_json(json_out, report)
     return report
@@ -167,9 +232,11 @@ def run_attack(model: str | os.PathLike | ModelRef, concept: str, rows: list[Row
 
 def attack_prompt_set(model: str | os.PathLike | ModelRef, json_out: str | Path | None, attack: DiscreteAttackConfig,
                       concept: str | None = None, suite: str | None = None, prompts: str | Path | None = None,
-                      seed: int = 0, device: str | None = None, limit: int | None = None) -> dict:
+                      seed: int = 0, device: str | None = None, limit: int | None = None,
+                      sampler: str | None = None) -> dict:
     """`erasure attack`: the ASR of `model` over a shipped suite or a prompt CSV (exactly one),
-    for `concept` (default: the concept the erasure erased). Returns run_attack's report."""
+    for `concept` (default: the concept the erasure erased), images drawn with `sampler`
+    (default: the world's reference). Returns run_attack's report."""
     if bool(suite) == bool(prompts):
         raise UserError("give exactly one of --suite NAME or --prompts FILE.csv")
     ref = resolve(model)
@@ -177,4 +244,4 @@ def attack_prompt_set(model: str | os.PathLike | ModelRef, json_out: str | Path 
     if not concept:
         raise UserError("say which concept the attack should bring back: --concept C")
     rows = load_suite(suite).rows() if suite else read_rows(prompts, "object")
-    return run_attack(ref, concept, rows, json_out, attack, seed=seed, device=device, limit=limit)
+    return run_attack(ref, concept, rows, json_out, attack, seed=seed, device=device, limit=limit, sampler=sampler)

@@ -33,6 +33,9 @@ class World:
     captions: bool = False
     # the folder of the world's own prompt sets (suites name them "WORLD:file.csv"), if any
     prompts_dir: Path | None = None
+    # the sampler the discrete attack generates with by default (erasure/eval/asr.py SAMPLERS):
+    # "pipeline" keeps the model's own scheduler
+    attack_sampler: str = "pipeline"
 
     # ------------------------------------------------------------------ concepts
     def canonical(self, concept: str) -> str | None:

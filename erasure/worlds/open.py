@@ -28,6 +28,7 @@ class OpenWorld(World):
     name = "stable-diffusion"
     title = "Stable Diffusion"
     description = "Stable Diffusion (any SD 1.x/2.x-layout model)"
+    attack_sampler = "lms"  # UnlearnDiffAtk's evaluation samples with LMSDiscreteScheduler (docs/bench.md)
 
     def canonical(self, concept: str) -> str | None:
         key = " ".join(concept.strip().lower().split())
