@@ -81,6 +81,11 @@ class EraseConfig:
         if self.target and self.target not in TARGETS:
             raise UserError(f"unknown weight preset '{self.target}'; choose one of: {', '.join(target_names())}")
 
+    def check_run(self) -> None:
+        """A one-line UserError for what a run needs beyond valid settings (SFD on Stable
+        Diffusion: its starting generator). Checked before any model loads (the trainer, the
+        benchmark's settings check); a config that fails it is still a config (`erasure ls`)."""
+
     @property
     def concepts(self) -> list[str]:
         return [c.strip() for c in self.concept.split(",") if c.strip()]

@@ -402,3 +402,14 @@ def test_pieces_of_a_changed_erasure_are_remade(tiny_mini_dir, tmp_path):
     assert json.loads(piece.read_text())["model_key"] != before
     base_piece = out / "pieces" / "base" / "circle" / "set-target.json"
     assert json.loads(base_piece.read_text())["model_key"]  # the base's pieces were kept
+
+
+def test_sfd_on_stable_diffusion_without_a_generator_is_refused_before_anything_trains(tiny_sd_dir, tmp_path,
+                                                                                     capsys):
+    from test_clip_score import _save_tiny_clip
+    clip = _save_tiny_clip(tmp_path / "clip", sign=1.0)
+    out = tmp_path / "bench"
+    assert run(bench_args(tiny_sd_dir, out, "esd-x,sfd", "church", "--clip-model", str(clip))) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the CLIP check's progress bars
+    assert last.startswith("erasure: error: --generator")
+    assert not (out / "erasures").exists()

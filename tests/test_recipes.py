@@ -58,3 +58,4 @@ def test_esd_u_trains_what_the_compvis_noxattn_branch_trains():
     every = {f"unet.{n}" for n, _ in pipe.unet.named_parameters()}
     assert every - names == {k for k in every if k.startswith(("unet.conv_norm_out.", "unet.conv_out.",
                                                                 "unet.time_embedding.")) or ".attn2." in k}
+

@@ -68,9 +68,9 @@ def check_settings(settings: BenchSettings) -> tuple[ModelRef, list]:
     unknown = sorted(set(settings.train) - fields)
     if unknown:
         raise UserError(f"--train: '{unknown[0]}' is a setting of none of the methods {', '.join(settings.methods)}")
-    for m in settings.methods:  # every (method, concept) config builds (bad --train settings fail here)
+    for m in settings.methods:  # every (method, concept) config builds and can run (bad --train settings fail here)
         for c in concepts:
-            train_config(settings, m, c)
+            train_config(settings, m, c).check_run()
     _check_folder(settings, model)
     return model, protocols
 

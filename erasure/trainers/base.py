@@ -55,6 +55,7 @@ class Trainer:
         """`pipe`: a loaded base pipeline to train (default: load config.base_model); `cache_dir`:
         where recomputable data (self-generated images, SalUn's masks, SFD's stage one) is kept
         (default: erasure's cache, ~/.cache/erasure or $ERASURE_CACHE)."""
+        config.check_run()  # before a 4 GB base model loads
         self.config = config
         self.cache_dir = Path(cache_dir) if cache_dir is not None else cache_home()
         self.device = pick_device(config.device)

@@ -292,7 +292,7 @@ class SFDConfig(EraseConfig):
             raise UserError(f"--anchor '{self.anchor.strip()}' is the concept itself; SFD overrides the concept with "
                             "a different one, e.g. --anchor 'a person wearing clothes'")
 
-    def require_generator(self) -> None:
+    def check_run(self) -> None:
         """A run needs a starting generator (checked before the base model loads); a config
         without one is still a config (`erasure ls`, --help show the defaults)."""
         if not self.generator:
@@ -303,10 +303,6 @@ class SFDConfig(EraseConfig):
 
 class SFDTrainer(Trainer):
     config_cls = SFDConfig
-
-    def __init__(self, config: SFDConfig, pipe=None, cache_dir=None) -> None:
-        config.require_generator()  # before a 4 GB base model loads
-        super().__init__(config, pipe=pipe, cache_dir=cache_dir)
 
     def make_optimizer(self) -> torch.optim.Optimizer:
         return AdamWithoutFirstMoment(self.trainable.values(), lr=self.config.lr, eps=self.config.adam_eps)
