@@ -192,11 +192,26 @@ class SalUnTrainer(Trainer):
             loss = -F.mse_loss(eps_cfg, noise)
             for (k, p), g in zip(self.trainable.items(), torch.autograd.grad(loss, list(self.trainable.values()))):
                 grads[k] += g.float()
-        scores = torch.cat([g.abs().flatten() for g in grads.values()])
+        # |grad| of every weight in one vector (the accumulators freed as they are copied in), and
+        # the keep-th largest of it as the (n - keep + 1)-th smallest: kthvalue returns one number,
+        # where topk would hold `keep` values and int64 indices (~5 GB for an SD 1.x UNet)
+        shapes = {k: g.shape for k, g in grads.items()}
+        scores = torch.empty(sum(g.numel() for g in grads.values()), dtype=torch.float32, device=self.device)
+        offset = 0
+        for k in list(grads):
+            g = grads.pop(k)
+            scores[offset:offset + g.numel()] = g.abs().flatten()
+            offset += g.numel()
+            del g
         keep = max(1, math.ceil(cfg.mask_ratio * scores.numel()))
-        # the keep-th largest score: ties at the threshold may keep a few more than asked
-        threshold = torch.topk(scores, keep, sorted=False).values.min()
-        return {k: g.abs() >= threshold for k, g in grads.items()}
+        # ties at the threshold may keep a few more than asked
+        threshold = torch.kthvalue(scores, scores.numel() - keep + 1).values
+        mask, offset = {}, 0
+        for k, shape in shapes.items():
+            n = math.prod(shape)
+            mask[k] = (scores[offset:offset + n] >= threshold).view(shape)
+            offset += n
+        return mask
 
     # ------------------------------------------------------------------ step 3: masked relabelling
     def compute_loss(self):
