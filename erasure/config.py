@@ -27,7 +27,8 @@ class EraseConfig:
     method: str = doc("registered method name, e.g. esd-x", default="")
     concept: str = doc("concept(s) to erase; several separated by commas: 'circle, star'", default="")
     concept_prompts: str = doc("prompts that express the concept in training: auto (the model's world decides: "
-                               "MiniSD, its captions naming the concept; Stable Diffusion, the concept text), word "
+                               "MiniSD, its captions naming the concept; Stable Diffusion, the catalogue's name of the "
+                               "concept, e.g. nudity for nude, else its text), word "
                                "(the concept text only), or a .txt/.csv prompt file (erasure/worlds/)", default="auto")
     anchor: str = doc("what the concept should become (methods with an anchor; empty = the method's default)", default="")
     base_model: str = doc("'minisd', a diffusers Stable Diffusion folder, or a cached hub id", default="minisd")

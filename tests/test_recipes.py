@@ -59,3 +59,11 @@ def test_esd_u_trains_what_the_compvis_noxattn_branch_trains():
     assert every - names == {k for k in every if k.startswith(("unet.conv_norm_out.", "unet.conv_out.",
                                                                 "unet.time_embedding.")) or ".attn2." in k}
 
+
+
+def test_an_alias_trains_under_the_catalogue_name_and_word_keeps_the_text():
+    world = OpenWorld()
+    assert world.concept_prompts("nude", "auto") == ["nudity"]
+    assert world.concept_prompts("Vincent van Gogh", "auto") == ["van gogh"]
+    assert world.concept_prompts("nude", "word") == ["nude"]
+    assert world.concept_prompts("a concept nobody listed", "auto") == ["a concept nobody listed"]

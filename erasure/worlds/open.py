@@ -53,6 +53,13 @@ class OpenWorld(World):
         first, *rest = recipes
         return {k: v for k, v in first.items() if all(r.get(k, object()) == v for r in rest)}
 
+    def concept_prompts(self, concept: str, setting: str, n: int = 64, seed: int = 0) -> list[str]:
+        """`auto`: the catalogue's name of the concept ("nude" trains as "nudity", the papers'
+        prompt), the concept text for one it does not list; `word`: the text as given."""
+        if setting == "auto":
+            return [self.canonical(concept) or concept]
+        return super().concept_prompts(concept, setting, n, seed)
+
     def concept_phrases(self, concept: str) -> list[str]:
         name = self.canonical(concept)
         if name is None:
