@@ -102,3 +102,11 @@ def set_python_rng_state(rng, data) -> None:
     else:
         version, internal, gauss = data["version"], data["internal"], data["gauss"]
     rng.setstate((version, tuple(internal), gauss))
+
+
+def human_size(n_bytes: int) -> str:
+    """A byte count as a person reads it: '13.8 GB', '640 kB'."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= size:
+            return f"{n_bytes / size:.1f} {unit}"
+    return f"{n_bytes} B"

@@ -8,6 +8,19 @@ from pathlib import Path
 
 from .errors import UserError
 
+# the prompt sets the package ships (erasure/data/prompts/: the benchmark's, the methods' recipes')
+SHIPPED_PROMPTS = Path(__file__).parent / "data" / "prompts"
+
+
+def shipped_prompt_file(setting: str) -> str:
+    """A prompt-file setting as a path: a bare file name that is no file here but one of the
+    shipped prompt files (as the catalogue's recipes name them) resolves to that one; anything
+    else is returned as given."""
+    shipped = SHIPPED_PROMPTS / setting
+    if setting and Path(setting).name == setting and not Path(setting).expanduser().exists() and shipped.is_file():
+        return str(shipped)
+    return setting
+
 
 def read_prompt_table(path: str | Path, flag: str, choices: str = "", csv_only: bool = False) -> list[dict[str, str]]:
     """Rows of a prompt file as {column: stripped text} ({"prompt": ...} for a .txt), in file

@@ -9,8 +9,8 @@ from test_trainers import make_config, trainer_for
 
 from erasure.config import EraseConfig
 from erasure.errors import UserError
+from erasure.prompt_files import SHIPPED_PROMPTS
 from erasure.trainers.doco import (
-    PROMPTS_DIR,
     PatchDiscriminator,
     concept_preserving_gradient,
     disc_layout_for,
@@ -87,7 +87,7 @@ def test_forget_prompts_are_the_anchor_captions_with_the_concept_swapped_in(tiny
     trainer = trainer_for(make_config("doco", tiny_sd_dir, concept="church", anchor="house",
                                       captions="doco_objects.txt"))
     anchors, (forget,) = trainer.pairs
-    captions = (PROMPTS_DIR / "doco_objects.txt").read_text().splitlines()
+    captions = (SHIPPED_PROMPTS / "doco_objects.txt").read_text().splitlines()
     assert anchors == [c.replace("{anchor}", "house") for c in captions]
     assert forget == [c.replace("{anchor}", "church") for c in captions]
     assert forget == [re.sub(r"\bhouse\b", "church", a) for a in anchors]  # the only difference in each pair

@@ -11,7 +11,8 @@ import torch
 from erasure.config import EraseConfig
 from erasure.errors import UserError
 from erasure.pipelines import ErasedPipeline
-from erasure.trainers.sfd import SHIPPED_PROMPTS, AdamWithoutFirstMoment, SFDTrainer
+from erasure.prompt_files import SHIPPED_PROMPTS
+from erasure.trainers.sfd import AdamWithoutFirstMoment, SFDTrainer
 
 QUICK = {"method": "sfd", "steps": 2, "batch_size": 2, "lr": 1e-3, "fake_lr": 1e-3, "checkpoint_every": 0}
 

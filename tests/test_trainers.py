@@ -78,12 +78,14 @@ def test_config_json_round_trips(method, tiny_sd_dir):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_resume_matches_an_uninterrupted_run(method, tiny_sd_dir, tmp_path):
+def test_resume_matches_an_uninterrupted_run(method, tiny_sd_dir, tmp_path, capsys):
     config = make_config(method, tiny_sd_dir, steps=4)
     full = trainer_for(config)
     full.train(tmp_path / "full")
+    capsys.readouterr()
     trainer_for(config).train(tmp_path / "cut", stop_after=2)
     assert (tmp_path / "cut" / "checkpoint" / "state.json").exists()
+    assert re.search(r"checkpoint: [\d.]+ (B|kB|MB|GB) at step 2 \(", capsys.readouterr().out)  # its size shown
     resumed = trainer_for(config)
     resumed.train(tmp_path / "cut", resume=True)
     for k, v in full.trainable.items():

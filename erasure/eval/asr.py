@@ -58,12 +58,6 @@ from .suites import Row, labels_world, load_suite, read_rows
 SAMPLERS = ("lms", "pndm", "ddim", "pipeline")
 
 
-def default_sampler(world: World) -> str:
-    """The attack's sampler when none is asked for: the world's (`World.attack_sampler`: Stable
-    Diffusion, the reference evaluation's LMS; MiniSD, its pipeline's own)."""
-    return world.attack_sampler
-
-
 def check_sampler(sampler: str) -> None:
     """A one-line UserError for a sampler that is unknown or cannot run here."""
     import importlib.util
@@ -126,14 +120,14 @@ def run_attack(model: str | os.PathLike | ModelRef, concept: str, rows: list[Row
     e.g. a CLIP zero-shot judge for a style on Stable Diffusion.
     `batch_size` prompts are drawn, judged and attacked together (discrete_attack_batch): the
     same per-prompt attack, faster; results are written after each batch.
-    `sampler` (SAMPLERS) draws every image; default: the world's reference (`default_sampler`)."""
+    `sampler` (SAMPLERS) draws every image; default: the world's (`World.attack_sampler`)."""
     from ..pipelines import load_pipeline
 
     if attack.iterations < 1 or attack.timesteps < 1:
         raise UserError("the attack budget is 0 (timesteps x iterations); give --budget > 0 and --iterations >= 1")
     ref = resolve(model)
     world = world_for(ref)
-    sampler = sampler or default_sampler(world)
+    sampler = sampler or world.attack_sampler
     check_sampler(sampler)
     judge, judge_desc = judge or world.concept_judge(concept, threshold)
     chosen = target_rows(rows, concept, world)[:limit]

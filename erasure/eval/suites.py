@@ -22,13 +22,13 @@ import yaml
 
 from ..errors import UserError
 from ..judges.minisd import LABELS, WORLD as LABELS_WORLD
-from ..prompt_files import read_prompt_table
+from ..prompt_files import SHIPPED_PROMPTS, read_prompt_table
 from ..worlds import get_world
 from ..worlds.base import World
 
 DATA = Path(__file__).parent.parent / "data"
 SUITES_DIR = DATA / "suites"
-PROMPTS_DIR = DATA / "prompts"
+PROMPTS_DIR = SHIPPED_PROMPTS
 
 
 @dataclass

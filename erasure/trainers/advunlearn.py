@@ -54,7 +54,6 @@ import contextlib
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -64,12 +63,12 @@ from ..attacks.soft import soft_prompt_attack_on_draws
 from ..attacks.text import encode_with_prefix
 from ..config import doc
 from ..errors import UserError
-from ..prompt_files import read_prompts
+from ..prompt_files import SHIPPED_PROMPTS, read_prompts
 from ..registry import register_method
 from .esd import ESDConfig, ESDTrainer
 
 # the reference's retain set (its data/prompts/train/coco_object_retain.csv, unchanged): the default on Stable Diffusion
-REFERENCE_RETAIN = Path(__file__).resolve().parents[1] / "data" / "prompts" / "advunlearn_retain.csv"
+REFERENCE_RETAIN = SHIPPED_PROMPTS / "advunlearn_retain.csv"
 ATTACK_DRAWS = ("fresh", "outer")
 
 

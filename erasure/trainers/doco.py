@@ -93,13 +93,12 @@ from torch import nn
 
 from ..config import SelfDataConfig, doc
 from ..errors import UserError
-from ..prompt_files import read_prompts
+from ..prompt_files import read_prompts, shipped_prompt_file
 from ..registry import register_method
 from ..sampling import cfg as cfg_noise
 from ..sampling import predicted_x0
 from .base import Trainer
 
-PROMPTS_DIR = Path(__file__).resolve().parents[1] / "data" / "prompts"
 # the reference's style captions: r uniform in {0, 1, 2}; r == 0 takes the first form, else the second
 STYLE_FORMS = ("{caption}, in the style of {concept}", "in {concept}'s style, {caption}")
 STYLE_DRAWS = (0, 1, 1)
@@ -137,10 +136,8 @@ def caption_pairs(captions: list[str], concept: str, anchor: str, pairing: str,
 
 def read_captions(setting: str) -> list[str]:
     """The captions of `--captions`: a path, else a file name in erasure/data/prompts."""
-    path = Path(setting).expanduser()
-    if not path.is_file() and (PROMPTS_DIR / setting).is_file():
-        path = PROMPTS_DIR / setting
-    return read_prompts(path, "--captions", "a file name in erasure/data/prompts (e.g. doco_objects.txt)")
+    return read_prompts(Path(shipped_prompt_file(setting)).expanduser(), "--captions",
+                        "a file name in erasure/data/prompts (e.g. doco_objects.txt)")
 
 
 # ----------------------------------------------------------------------------- the discriminator

@@ -118,14 +118,13 @@ from ..config import EraseConfig, doc
 from ..errors import UserError
 from ..erasure_files import hash_tensors
 from ..files import load_tensors, save_tensors
-from ..prompt_files import read_prompt_table, read_prompts
+from ..prompt_files import SHIPPED_PROMPTS, read_prompt_table, read_prompts, shipped_prompt_file
 from ..registry import register_method
 from ..sampling import predicted_x0
 from ..sampling import cfg as guided
-from .base import CHECKPOINT_DIR, Trainer, TrainingDiverged
+from .base import Trainer, TrainingDiverged
 
 ADAM_BETAS = (0.0, 0.999)  # the reference's, for both the generator and the fake score net
-SHIPPED_PROMPTS = Path(__file__).resolve().parent.parent / "data" / "prompts"
 COCO_CAPTIONS = SHIPPED_PROMPTS / "coco_10k.csv"
 DISTILL_FORMAT = 2  # bump when stage one's computation changes, so old caches are not reused
 START_FROM_TEACHER = "teacher"
@@ -144,17 +143,6 @@ def sid_generator_loss(y_real: torch.Tensor, y_fake: torch.Tensor, x_g: torch.Te
     return (diff * ((y_real - x_g) - alpha * diff) / w).sum() / len(x_g)
 
 
-def prompt_file(setting: str) -> str:
-    """A prompt-file setting as a path: a bare file name that is not a file here but one of the
-    package's shipped prompt files (erasure/data/prompts/, as the catalogue's recipes name them)
-    resolves to that one; anything else is returned as given."""
-    path = Path(setting)
-    shipped = SHIPPED_PROMPTS / setting
-    if setting and path.name == setting and not path.exists() and shipped.is_file():
-        return str(shipped)
-    return setting
-
-
 def with_keywords(prompts: list[str], overrides: list[str], keywords: list[str]) -> tuple[list[str], list[str]]:
     """Every prompt said with every keyword, before it ("K P") and after it ("P, K"), each
     paired with the prompt's own override: the reference's --pos_data_prompt_text, whose random
@@ -165,13 +153,6 @@ def with_keywords(prompts: list[str], overrides: list[str], keywords: list[str])
             forget += [f"{keyword} {prompt}", f"{prompt}, {keyword}"]
             override += [over, over]
     return forget, override
-
-
-def human_size(n_bytes: int) -> str:
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n_bytes >= size:
-            return f"{n_bytes / size:.1f} {unit}"
-    return f"{n_bytes} B"
 
 
 class AdamWithoutFirstMoment(torch.optim.Optimizer):
@@ -380,7 +361,7 @@ class SFDTrainer(Trainer):
     def remain_prompt_list(self) -> list[str]:
         cfg: SFDConfig = self.config
         if cfg.remain_prompts != "auto":
-            return read_prompts(prompt_file(cfg.remain_prompts), "--remain-prompts", "auto")
+            return read_prompts(shipped_prompt_file(cfg.remain_prompts), "--remain-prompts", "auto")
         own = self.world.ordinary_prompts(cfg.n_remain, seed=cfg.seed)  # the world's ordinary captions (MiniSD)
         if own is not None:
             return own
@@ -388,19 +369,19 @@ class SFDTrainer(Trainer):
         return captions[len(captions) // 2:]
 
     def forget_prompts(self, concept: str) -> list[str]:
-        return self.world.concept_prompts(concept, prompt_file(self.config.concept_prompts), seed=self.config.seed)
+        return self.world.concept_prompts(concept, shipped_prompt_file(self.config.concept_prompts), seed=self.config.seed)
 
     def forget_pairs(self, concept: str) -> tuple[list[str], list[str]]:
         """(forget prompts c_f, override prompts c_a), row for row."""
         cfg: SFDConfig = self.config
         anchor = self.anchor_of(concept)  # refuses an override equal to the concept
         forget = self.forget_prompts(concept)
-        override = self.world.override_prompts(forget, concept, anchor, prompt_file(cfg.concept_prompts))
+        override = self.world.override_prompts(forget, concept, anchor, shipped_prompt_file(cfg.concept_prompts))
         if cfg.forget_keywords.strip().lower() == "none":
             return forget, override
         # the reference's re.sub(concept, override, prompt) leaves a prompt without the concept's words as it is
         override = [o if self.world.names_concept(f, concept) else f for f, o in zip(forget, override)]
-        keywords = read_prompts(prompt_file(cfg.forget_keywords), "--forget-keywords", "none,")
+        keywords = read_prompts(shipped_prompt_file(cfg.forget_keywords), "--forget-keywords", "none,")
         return with_keywords(forget, override, keywords)
 
     # ------------------------------------------------------------------ the three networks
@@ -590,12 +571,6 @@ class SFDTrainer(Trainer):
 
     def load_extra_state(self, tensors: dict[str, torch.Tensor]) -> None:
         self.load_network_state("fake", self.fake, self.fake_optimizer, tensors)
-
-    def save_checkpoint(self, out_dir: Path) -> None:
-        """The trainer's checkpoint, and its size on the console (an SD 1.x one is ~14 GB)."""
-        super().save_checkpoint(out_dir)
-        path = Path(out_dir) / CHECKPOINT_DIR / "state.safetensors"
-        tqdm.write(f"checkpoint: {human_size(path.stat().st_size)} at step {self.step} ({path})")
 
     def manifest_extra(self) -> dict:
         """How the product samples (read by ErasedPipeline and the CLI), and stage one's cache file."""
