@@ -22,6 +22,9 @@ def doc(help: str, **kw) -> Any:
     return field(default=default, metadata={"help": help, **kw})
 
 
+SAVE_DTYPES = ("base", "float32", "float16", "bfloat16")
+
+
 @dataclass
 class EraseConfig:
     method: str = doc("registered method name, e.g. esd-x", default="")
@@ -47,6 +50,15 @@ class EraseConfig:
     device: str = doc("auto, cpu, cuda, cuda:1, ...", default="auto")
     attention: str = doc("attention backend: auto (xformers on CUDA if installed, else SDPA), xformers, sdpa", default="auto")
     checkpoint_every: int = doc("save a resumable checkpoint every N steps (0 = never)", default=100)
+    gradient_checkpointing: str = doc("recompute activations in the backward pass instead of keeping them (the "
+                                      "trained UNet, every UNet a backward passes through, a trained text encoder): "
+                                      "less memory, more time, the same result. auto (on for a UNet over 300M "
+                                      "parameters: Stable Diffusion; off for MiniSD), true or false", default="auto")
+    optimizer: str = doc("Adam's implementation: auto (adam), adam (torch's, the papers'), adam8bit (bitsandbytes' "
+                         "8-bit states: 2 bytes per weight instead of 8) or adam-offload (torchao: states and step on "
+                         "the CPU; CUDA only)", default="auto")
+    save_dtype: str = doc("dtype of the tensors the erasure files store: base (the base model's weights' dtype), "
+                          "float32, float16 or bfloat16", default="base")
 
     # Defaults that differ by world, applied under what the user set (from_dict):
     # world_defaults[world name] (erasure/worlds/: MiniSD, "mini", is ~200x smaller than SD 1.4
@@ -78,6 +90,13 @@ class EraseConfig:
             raise UserError(f"unknown dtype '{self.dtype}'; choose auto, float32 or bfloat16")
         if self.attention not in ("auto", "xformers", "sdpa"):
             raise UserError(f"unknown attention backend '{self.attention}'; choose auto, xformers or sdpa")
+        from .memory import OPTIMIZERS, checkpointing_word
+        self.gradient_checkpointing = checkpointing_word(self.gradient_checkpointing)
+        self.optimizer = str(self.optimizer).strip().lower()
+        if self.optimizer not in ("auto", *OPTIMIZERS):
+            raise UserError(f"unknown optimizer '{self.optimizer}'; choose auto, {', '.join(OPTIMIZERS)}")
+        if self.save_dtype not in SAVE_DTYPES:
+            raise UserError(f"unknown --save-dtype '{self.save_dtype}'; choose {', '.join(SAVE_DTYPES)}")
         from .targets import TARGETS, target_names
         if self.target and self.target not in TARGETS:
             raise UserError(f"unknown weight preset '{self.target}'; choose one of: {', '.join(target_names())}")

@@ -6,6 +6,16 @@ resolved to), a hash of the base, the package version and the changed tensors. T
 is written first and the manifest last, each atomically: a folder without a manifest is not an
 erasure.
 
+Tensors are stored in the dtype the base model's own files hold the same weight in
+(`stored_dtypes`: an fp16 Stable Diffusion, or MiniSD, gives fp16 erasures; an fp32 one, fp32),
+unless the config's `save_dtype` (or the caller) asks for float32, float16 or bfloat16: an
+ESD-x delta of SD 1.4 is 176 MB in float32 and 88 MB in float16. Rounding a trained weight to
+its base's precision loses nothing the base had; a weight a method left unchanged (SalUn's
+unmasked ones) stays bit-equal to the base. The manifest records each stored tensor's
+dtype (`tensor_dtypes`; `stored_dtype`: the one dtype, or "mixed"); loading checks the file
+against it as it checks shapes, and casts each tensor to the pipeline's dtype (a float16 erasure
+applied to a float32 pipeline is float16's rounding of the float32 one).
+
 `base_hash` is the sha256 of the base model's own values of the changed tensors (float32,
 sorted by name). It is what an erasure depends on (a delta applied to a different base is wrong
 exactly when these differ) and costs milliseconds, where hashing a whole SD checkpoint takes
@@ -28,6 +38,52 @@ CONFIG_NAME = "erasure_config.json"
 WEIGHTS_NAME = "erasure_model.safetensors"
 FORMAT = "erasure/1"
 COMPONENTS = ("unet", "text_encoder")
+SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def storage_dtypes(tensors: dict[str, torch.Tensor], config=None, dtype: torch.dtype | str | None = None,
+                   base_dtypes: dict[str, torch.dtype] | None = None) -> dict[str, torch.dtype]:
+    """The dtype each tensor is stored in: `dtype` when given (a torch dtype or its name), else
+    the config's `save_dtype` ("float32", "float16", "bfloat16"), else ("base", the default) the base model's dtype of that
+    weight: `base_dtypes[key]` from the caller (the pipeline's loaded weights), else the dtype of
+    the tensor itself."""
+    if dtype is None or isinstance(dtype, str):
+        name = dtype or getattr(config, "save_dtype", "base") or "base"
+        if name != "base" and name not in SAVE_DTYPES:
+            raise UserError(f"unknown save dtype '{name}'; choose base, {', '.join(SAVE_DTYPES)}")
+        dtype = SAVE_DTYPES.get(name)
+    if dtype is not None and not dtype.is_floating_point:
+        raise UserError(f"an erasure stores floating-point weights; save in one of {', '.join(SAVE_DTYPES)} (got {dtype})")
+    base_dtypes = base_dtypes or {}
+    return {k: dtype or base_dtypes.get(k, v.dtype) for k, v in tensors.items()}
+
+
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+
+
+def stored_dtypes(base_path: str | Path, keys: list[str]) -> dict[str, torch.dtype]:
+    """The dtype each of `keys` ("unet.<name>", "text_encoder.<name>") has in the base model's
+    own safetensors files (read from their headers, no tensor is loaded): what "base" means
+    for `save_dtype`. The default file (diffusion_pytorch_model.safetensors, model.safetensors)
+    wins over a variant (*.fp16.safetensors); keys with no file (a pipeline built in memory)
+    are left out."""
+    from safetensors import safe_open
+
+    wanted, out = set(keys), {}
+    for component in sorted({k.split(".", 1)[0] for k in keys}):
+        folder = Path(base_path) / component
+        files = sorted(folder.glob("*.safetensors"), key=lambda f: (f.name.count(".") > 1, f.name)) if folder.is_dir() else []
+        for file in files:
+            with safe_open(str(file), framework="pt") as handle:
+                for name in handle.keys():
+                    key = f"{component}.{name}"
+                    if key in wanted and key not in out:
+                        out[key] = _SAFETENSORS_DTYPES.get(handle.get_slice(name).get_dtype(), torch.float32)
+    return out
 
 
 def is_erasure_dir(path: str | Path) -> bool:
@@ -53,11 +109,16 @@ def hash_tensors(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def save_erasure(out_dir: str | Path, config, tensors: dict[str, torch.Tensor], base_hash: str,
-                 base_path: str | Path, extra: dict | None = None) -> Path:
+                 base_path: str | Path, extra: dict | None = None, dtype: torch.dtype | str | None = None,
+                 base_dtypes: dict[str, torch.dtype] | None = None) -> Path:
+    """Write the erasure folder: the changed `tensors` (stored as `storage_dtypes` says: `dtype`,
+    else the config's `save_dtype`, else the base's dtype of each weight) and the manifest."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_tensors(out / WEIGHTS_NAME, {k: v.detach().float() for k, v in tensors.items()},
+    dtypes = storage_dtypes(tensors, config, dtype, base_dtypes)
+    save_tensors(out / WEIGHTS_NAME, {k: v.detach().to(dtypes[k]) for k, v in tensors.items()},
                  metadata={"format": FORMAT, "method": config.method})
+    names = {k: dtype_name(d) for k, d in sorted(dtypes.items())}
     manifest = {
         "format": FORMAT,
         "erasure_version": __version__,
@@ -68,6 +129,8 @@ def save_erasure(out_dir: str | Path, config, tensors: dict[str, torch.Tensor], 
         "base_hash": base_hash,
         "changed_tensors": sorted(tensors),
         "n_changed_parameters": int(sum(v.numel() for v in tensors.values())),
+        "stored_dtype": next(iter(set(names.values()))) if len(set(names.values())) == 1 else "mixed",
+        "tensor_dtypes": names,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "config": config.to_dict(),
         **(extra or {}),
@@ -94,14 +157,29 @@ def read_manifest(path: str | Path) -> dict:
 
 
 def apply_erasure(pipe, path: str | Path, manifest: dict | None = None) -> dict:
-    """Load an erasure's tensors into `pipe` in place. Every key must exist in the base with the
-    same shape, else a UserError lists the mismatches; a different base hash is a warning."""
+    """Load an erasure's tensors into `pipe` in place, each cast to the pipeline's dtype. Every key
+    must exist in the base with the same shape, else a UserError lists the mismatches; every
+    tensor must be floating point and of the dtype the manifest records in `tensor_dtypes` (older
+    manifests record none; their files are float32), else a UserError; a different base hash is
+    a warning (checked on a float32 pipeline: the hash is of float32 values)."""
     import warnings
 
     manifest = manifest or read_manifest(path)
     tensors = load_tensors(Path(path) / WEIGHTS_NAME)
     if sorted(tensors) != sorted(manifest["changed_tensors"]):
         raise UserError(f"{path}: the weights file and the manifest list different tensors; re-run erasure train")
+    recorded = manifest.get("tensor_dtypes") or {}
+    wrong = []
+    for key, value in sorted(tensors.items()):
+        stored, said = dtype_name(value.dtype), recorded.get(key)
+        if said is not None and said != stored:
+            wrong.append(f"{key} ({stored}, manifest {said})")
+        elif not value.is_floating_point():
+            wrong.append(f"{key} ({stored})")
+    if wrong:
+        shown = "; ".join(wrong[:4]) + (f"; and {len(wrong) - 4} more" if len(wrong) > 4 else "")
+        raise UserError(f"{path}: the weights file's dtypes do not match its manifest or are not floating point "
+                        f"({len(wrong)} tensor(s): {shown}); re-run erasure train to rewrite the erasure")
     problems = []
     for key, value in tensors.items():
         component, name = key.split(".", 1)
@@ -115,8 +193,11 @@ def apply_erasure(pipe, path: str | Path, manifest: dict | None = None) -> dict:
         shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
         raise UserError(f"this erasure does not fit the base model ({len(problems)} tensor(s): {shown}); "
                         f"load it onto the base it was trained on ({manifest['base_model']})")
-    base_hash = hash_tensors(base_tensors(pipe, list(tensors)))
-    if manifest.get("base_hash") and base_hash != manifest["base_hash"]:
+    base = base_tensors(pipe, list(tensors))
+    # the hash is of the base's float32 values: a pipeline loaded in a lower precision (the
+    # attack's bfloat16 on CUDA) holds them rounded, so its hash cannot be compared
+    comparable = all(v.dtype == torch.float32 for v in base.values())
+    if manifest.get("base_hash") and comparable and hash_tensors(base) != manifest["base_hash"]:
         warnings.warn(f"the base model differs from the one this erasure was trained on ({manifest['base_model']}): "
                       "the changed tensors' base values do not match; results may differ", stacklevel=2)
     with torch.no_grad():

@@ -227,3 +227,65 @@ def test_an_interrupted_nudity_run_resumes_exactly_and_prints_its_checkpoint_siz
     for a, b in ((full.optimizer, resumed.optimizer), (full.fake_optimizer, resumed.fake_optimizer)):
         sa, sb = a.state_dict()["state"], b.state_dict()["state"]
         assert sa.keys() == sb.keys() and all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
+
+
+def test_grad_accum_steps_each_network_once_on_the_mean_of_its_micro_batches(tiny_sd_dir, tmp_path):
+    """--grad-accum 2: the fake net steps once on the mean of two micro-batches' L_fake, then G
+    once on the mean of two micro-batches' L_G (by hand from the same draws, in the same order)."""
+    config = sfd_config(tiny_sd_dir, generator="teacher", steps=1, grad_accum=2)
+    accumulated = SFDTrainer(config)
+    accumulated.train(tmp_path / "out")
+
+    t = SFDTrainer(config)
+    t.fake.requires_grad_(True)
+    fake_losses = []
+    for _ in range(2):  # each term's backward on its own, scaled by 1/2, summed into .grad
+        remain, forget = t.pick(t.remain), t.pick_pairs()[0]
+        for loss in (t.fake_denoising_loss(remain), t.fake_denoising_loss(forget, t.c_negative)):
+            (loss / 2).backward()
+            fake_losses.append(loss.item())
+    t.fake_optimizer.step()
+    t.fake.zero_grad(set_to_none=True)
+    t.fake.requires_grad_(False)
+    generator_losses = []
+    for _ in range(2):
+        c_r = t.embed(t.pick(t.remain))
+        remain = t.sid_term(c_r, c_r, c_r)
+        (remain / 2).backward()
+        forget_prompts, override_prompts = t.pick_pairs()
+        c_f, c_a = t.embed(forget_prompts), t.embed(override_prompts)
+        forget = t.sid_term(c_f, c_a, c_f, t.c_negative)
+        (forget / 2).backward()
+        generator_losses += [remain.item(), forget.item()]
+    t.before_optimizer_step()  # the reference's clip by value
+    t.optimizer.step()
+
+    assert fake_losses[:2] != fake_losses[2:] and generator_losses[:2] != generator_losses[2:]  # two micro-batches
+    for k, p in accumulated.trainable.items():
+        assert torch.equal(p, t.trainable[k]), k
+    for (n, p), q in zip(accumulated.fake.named_parameters(), t.fake.parameters()):
+        assert torch.equal(p, q), n
+    for optimizer in (accumulated.optimizer, accumulated.fake_optimizer):  # one step each
+        assert all(int(s["step"]) == 1 for s in optimizer.state_dict()["state"].values())
+    assert all(p.grad is None for p in accumulated.fake.parameters())
+
+
+def test_a_step_holds_one_networks_gradients_at_a_time(tiny_sd_dir):
+    """Memory plan: G's gradients are None through the fake update, the fake net's through G's."""
+    trainer = SFDTrainer(sfd_config(tiny_sd_dir, generator="teacher"))
+    seen = []
+    hook = trainer.fake.register_forward_pre_hook(
+        lambda *_: seen.append(all(p.grad is None for p in trainer.trainable.values())))
+    trainer.fake_score_update()
+    hook.remove()
+    assert seen and all(seen)
+    trainer.generator_backward()
+    assert all(p.grad is None for p in trainer.fake.parameters())
+    assert all(p.grad is not None for p in trainer.trainable.values())
+    assert all(p.dtype == torch.float32 for p in trainer.teacher.parameters())  # fp32 run: fp32 teacher
+
+
+def test_under_bf16_the_teacher_is_frozen_in_bf16_and_both_trained_nets_in_fp32(tiny_sd_dir):
+    trainer = SFDTrainer(sfd_config(tiny_sd_dir, generator="teacher", dtype="bfloat16"))
+    assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in trainer.teacher.parameters())
+    assert all(p.dtype == torch.float32 for p in [*trainer.fake.parameters(), *trainer.trainable.values()])

@@ -143,7 +143,6 @@ def test_one_step_sampling_rejects_more_steps_and_other_schedulers(sfd_dir):
     ({"alpha": -1.0}, "--alpha must be positive"),
     ({"anchor": "Circle"}, "--anchor 'Circle' is the concept itself"),
     ({"t_init": 0}, "--t-init must be at least 1"),
-    ({"grad_accum": 2}, "--grad-accum must be 1"),
     ({"two_stage": True, "distill_steps": 0}, "--distill-steps must be at least 1"),
     ({"fake_updates_per_generator": 0}, "--fake-updates-per-generator must be at least 1"),
 ])

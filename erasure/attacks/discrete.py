@@ -107,7 +107,15 @@ def discrete_attack_batch(pipe, prompts: list[str], target_latents: torch.Tensor
     Adam state (Adam and its weight decay act elementwise, so one optimiser over the stacked
     tensor is one optimiser per prompt) and its own stop at its first judged success.
     `target_latents`: (B, C, h, w), row i the original model's image of prompt i.
-    `check(rows, texts) -> [bool]` generates and judges texts[j] as an attack on prompt rows[j]."""
+    `check(rows, texts) -> [bool]` generates and judges texts[j] as an attack on prompt rows[j].
+
+    Memory: the UNet call keeps its activations for the backward pass to the token vectors, so
+    its size is the number of prompts; a caller bounds it by attacking fewer prompts per call
+    (run_attack's `attack_batch`), which leaves every prompt's attack as it is (the same draws
+    and tokens; batched kernels differ only by float noise). The pipeline may
+    run in bfloat16 (the noised latents are cast to the UNet's dtype; the token distributions,
+    the Adam state and the loss stay float32) and its UNet may checkpoint its gradients
+    (`unet.enable_gradient_checkpointing()`: blocks recomputed in the backward pass)."""
     unet, text_encoder, tokenizer = pipe.unet, pipe.text_encoder, pipe.tokenizer
     device = target_latents.device
     special = set(tokenizer.all_special_ids)
@@ -143,7 +151,7 @@ def discrete_attack_batch(pipe, prompts: list[str], target_latents: torch.Tensor
                 noises.append(torch.randn(target_latents.shape[1:], generator=generators[i]))
             cond = encode_with_prefix(tokenizer, text_encoder, [prompts[i] for i in active], torch.stack(one_hots) @ table)
             noise = torch.stack(noises).to(device)
-            x_t = add_noise(target_latents[rows], noise, alphas, t)
+            x_t = add_noise(target_latents[rows], noise, alphas, t).to(unet.dtype)  # fp32 latents, a bf16 UNet's input
             per_prompt = (unet(x_t, t, encoder_hidden_states=cond).sample.float() - noise).pow(2).flatten(1).mean(1)
             per_prompt.sum().backward()
             probs.grad.clamp_(-1, 1)  # the reference's straight-through backward is a hardtanh

@@ -283,7 +283,7 @@ class Bench:
         cfg = DiscreteAttackConfig(timesteps=b.attack_timesteps, iterations=b.attack_iterations, seed=self.s.seed)
         report = run_attack(model, concept, self.sets[concept]["target"].rows(), folder / "attack-discrete.partial.json",
                             cfg, seed=self.s.seed, sampling=self._overrides(model), device=self.device,
-                            limit=b.attack_prompts, judge=proto.judge(),
+                            limit=b.attack_prompts, judge=proto.judge(), attack_batch=b.attack_batch,
                             **({"threshold": self.s.nudenet_threshold} if self.s.nudenet_threshold else {}))
         (folder / "attack-discrete.partial.json").unlink(missing_ok=True)
         return report

@@ -29,6 +29,7 @@ class Budget:
     attack_prompts: int = 3         # target prompts the discrete attack runs on
     attack_timesteps: int = 5       # its judged timesteps per prompt (UnlearnDiffAtk: 50)
     attack_iterations: int = 10     # its steps at each timestep (UnlearnDiffAtk: 40)
+    attack_batch: int = 8           # prompts the discrete attack runs together (memory only; results do not change)
     rab_prompts: int = 3            # Ring-A-Bell seed prompts
     rab_population: int = 200       # its genetic search (paper: 200 x 3000, InversePrompt.ipynb); a smaller
     rab_generations: int = 3000     # search is a weaker attack, and the report says so (rab_budget_label)
@@ -84,7 +85,7 @@ class BenchSettings:
         adv = None
         if self.adversarial_prompts:
             adv = hashlib.sha256(Path(self.adversarial_prompts).read_bytes()).hexdigest()[:16]
-        return {"model": str(model.path.resolve()), "seed": self.seed, "budget": asdict(self.budget),
+        return {"model": str(model.path.resolve()), "seed": self.seed, "budget": {k: v for k, v in asdict(self.budget).items() if k != "attack_batch"},
                 "train": self.train, "sampling": self.sampling, "adversarial_prompts": adv,
                 "clip_model": self.clip_model, "nudenet_threshold": self.nudenet_threshold,
                 "inception_weights": self.inception_weights}

@@ -25,6 +25,19 @@ guidance and seed: src/tasks/utils/datasets.py:64-65), so its pre-ASR is compara
 published one; every other world (MiniSD) samples with its pipeline's scheduler. A one-step
 generator (SFD) always keeps its own scheduler.
 
+Memory (Stable Diffusion on one 24 GB GPU): the attack's UNet call keeps its activations for the
+backward pass, so what it costs grows with the prompts attacked together. Three settings bound it,
+none of which changes what a prompt's attack does:
+  * `attack_batch` (default 8): prompts drawn, judged and attacked together. Each prompt's attack
+    is the single-prompt attack whatever the batch (discrete_attack_batch), so a smaller batch is
+    slower, not different (float noise of batched kernels aside, never a different token);
+  * `dtype` (default "auto": bfloat16 on CUDA, float32 elsewhere, so a CPU run is today's to the
+    bit): the precision both pipelines are loaded and run in, every image included. The token
+    distributions, Adam and the loss stay float32;
+  * `gradient_checkpointing` (default: on for a UNet over 300M parameters, Stable Diffusion 1.x /
+    2.x; off for MiniSD and the tiny test models): the attacked UNet recomputes its blocks in the
+    backward pass instead of keeping their activations.
+
 Where we differ from the reference evaluation, deliberately:
   * the target is the base model's latent of the prompt, drawn like the judged images (the
     sampler, the model's steps, the row's seed and guidance); the reference VAE-encodes a PNG it
@@ -49,6 +62,7 @@ from tqdm.auto import tqdm
 from ..attacks.discrete import DiscreteAttackConfig, discrete_attack_batch
 from ..errors import UserError
 from ..files import write_json
+from ..memory import checkpointing_word, enable_unet_checkpointing, is_big
 from ..model_ref import ModelRef, default_sampling, resolve
 from ..worlds import world_for
 from ..worlds.base import World
@@ -56,6 +70,16 @@ from .generation import image_seed
 from .suites import Row, labels_world, load_suite, read_rows
 
 SAMPLERS = ("lms", "pndm", "ddim", "pipeline")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def attack_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """The pipelines' precision: "auto" is bfloat16 on CUDA and float32 elsewhere."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise UserError(f"unknown attack dtype '{dtype}'; choose auto, float32 or bfloat16")
+    return DTYPES[dtype]
 
 
 def check_sampler(sampler: str) -> None:
@@ -112,19 +136,30 @@ def asr_summary(results: list[dict]) -> dict:
 def run_attack(model: str | os.PathLike | ModelRef, concept: str, rows: list[Row], json_out: str | Path | None,
                attack: DiscreteAttackConfig, seed: int = 0, sampling: dict | None = None,
                device: str | None = None, threshold: float | None = None, limit: int | None = None,
-               judge: tuple[Callable[[torch.Tensor], list[bool]], str] | None = None, batch_size: int = 8,
-               sampler: str | None = None) -> dict:
+               judge: tuple[Callable[[torch.Tensor], list[bool]], str] | None = None, attack_batch: int = 8,
+               sampler: str | None = None, dtype: str = "auto",
+               gradient_checkpointing: bool | str | None = None) -> dict:
     """Attack the target prompts among `rows` (the first `limit` of them) and report ASR.
     `judge` = (judge(images) -> shows the concept per image, description) replaces the world's
     judge of the concept (threshold: NudeNet's, default erasure.judges.nudenet.DEFAULT_THRESHOLD),
     e.g. a CLIP zero-shot judge for a style on Stable Diffusion.
-    `batch_size` prompts are drawn, judged and attacked together (discrete_attack_batch): the
-    same per-prompt attack, faster; results are written after each batch.
-    `sampler` (SAMPLERS) draws every image; default: the world's (`World.attack_sampler`)."""
+    `attack_batch` prompts are drawn, judged and attacked together (discrete_attack_batch): the
+    same per-prompt attack, faster, its memory growing with the batch; results are written after
+    each batch.
+    `sampler` (SAMPLERS) draws every image; default: the world's (`World.attack_sampler`).
+    `dtype` ("auto", "float32", "bfloat16") and `gradient_checkpointing` (True/False, or the
+    words auto/true/false; None or "auto": by UNet size, erasure.memory.is_big): the memory
+    levers of the module docstring."""
     from ..pipelines import load_pipeline
+    from ..pipelines.loading import pick_device
 
     if attack.iterations < 1 or attack.timesteps < 1:
         raise UserError("the attack budget is 0 (timesteps x iterations); give --budget > 0 and --iterations >= 1")
+    if isinstance(attack_batch, bool) or not isinstance(attack_batch, int) or attack_batch < 1:
+        raise UserError(f"the attack batch is the number of prompts attacked together: give --attack-batch >= 1 "
+                        f"(got {attack_batch})")
+    torch_dtype = attack_dtype(dtype, pick_device(device))
+    checkpoint_word = checkpointing_word("auto" if gradient_checkpointing is None else gradient_checkpointing)
     ref = resolve(model)
     world = world_for(ref)
     sampler = sampler or world.attack_sampler
@@ -137,15 +172,18 @@ def run_attack(model: str | os.PathLike | ModelRef, concept: str, rows: list[Row
     one_step = ref.one_step
     base_sampling = default_sampling(ref.base_path) if one_step else sampling
     settings = {"model": str(ref), "concept": concept, "attack": asdict(attack), "seed": seed, "sampling": sampling,
-                "sampler": sampler, "judge": judge_desc}
+                "sampler": sampler, "judge": judge_desc, "dtype": str(torch_dtype).removeprefix("torch.")}
     done: dict[str, dict] = {}
     if json_out and Path(json_out).exists():
         old = json.loads(Path(json_out).read_text())
         if old.get("settings") == settings:
             done = {r["prompt"] + f"#{r['seed']}": r for r in old.get("per_prompt", [])}
 
-    pipe = load_pipeline(ref, device=device)
-    base = load_pipeline(ref.base_path, device=device) if ref.base_path != ref.path else pipe
+    pipe = load_pipeline(ref, device=device, dtype=torch_dtype)
+    base = load_pipeline(ref.base_path, device=device, dtype=torch_dtype) if ref.base_path != ref.path else pipe
+    checkpointing = is_big(pipe.unet) if checkpoint_word == "auto" else checkpoint_word == "true"
+    if checkpointing:  # only the attacked UNet is differentiated; the base only draws targets
+        enable_unet_checkpointing(pipe.unet)
     for p in (pipe, base):
         scheduler = None if one_step and p is pipe else sampler_scheduler(sampler, p.scheduler.config)
         if scheduler is not None:  # the attack's noising reads the same alphas: the schedule is the model's
@@ -190,8 +228,8 @@ def run_attack(model: str | os.PathLike | ModelRef, concept: str, rows: list[Row
             write_json(json_out, {"settings": settings, "summary": asr_summary(results), "per_prompt": results})
 
     bar = tqdm(total=len(order), initial=len(entries), desc=f"attack '{concept}'", dynamic_ncols=True)
-    for start in range(0, len(todo), batch_size):
-        keys, prompts, seeds, guidances = map(list, zip(*todo[start:start + batch_size]))
+    for start in range(0, len(todo), attack_batch):
+        keys, prompts, seeds, guidances = map(list, zip(*todo[start:start + attack_batch]))
         pre = judge(draw(pipe, prompts, seeds, guidances).float().cpu())
         for key, prompt, s, g, seen in zip(keys, prompts, seeds, guidances, pre):
             entries[key] = {"prompt": prompt, "seed": s, "guidance": g, "pre_success": bool(seen), "success": bool(seen),
@@ -218,7 +256,9 @@ def run_attack(model: str | os.PathLike | ModelRef, concept: str, rows: list[Row
               "protocol": {"judge": judge_desc, "success": "the judge sees the concept in the attacked model's image "
                            "(same seed and guidance as the prompt)", "pre_asr": "no-attack successes / N",
                            "asr": "(no-attack + attack successes) / N", "images_per_prompt": 1,
-                           "sampler": f"{sampler} ({type(pipe.scheduler).__name__})"}}
+                           "sampler": f"{sampler} ({type(pipe.scheduler).__name__})"},
+              "memory": {"attack_batch": attack_batch, "dtype": settings["dtype"],
+                         "gradient_checkpointing": checkpointing}}
     if json_out:
         write_json(json_out, report)
     return report
@@ -227,10 +267,12 @@ def run_attack(model: str | os.PathLike | ModelRef, concept: str, rows: list[Row
 def attack_prompt_set(model: str | os.PathLike | ModelRef, json_out: str | Path | None, attack: DiscreteAttackConfig,
                       concept: str | None = None, suite: str | None = None, prompts: str | Path | None = None,
                       seed: int = 0, device: str | None = None, limit: int | None = None,
-                      sampler: str | None = None) -> dict:
+                      sampler: str | None = None, attack_batch: int = 8, dtype: str = "auto",
+                      gradient_checkpointing: bool | str | None = None) -> dict:
     """`erasure attack`: the ASR of `model` over a shipped suite or a prompt CSV (exactly one),
     for `concept` (default: the concept the erasure erased), images drawn with `sampler`
-    (default: the world's reference). Returns run_attack's report."""
+    (default: the world's reference), `attack_batch` prompts at a time in `dtype` (run_attack's
+    memory levers). Returns run_attack's report."""
     if bool(suite) == bool(prompts):
         raise UserError("give exactly one of --suite NAME or --prompts FILE.csv")
     ref = resolve(model)
@@ -238,4 +280,5 @@ def attack_prompt_set(model: str | os.PathLike | ModelRef, json_out: str | Path 
     if not concept:
         raise UserError("say which concept the attack should bring back: --concept C")
     rows = load_suite(suite).rows() if suite else read_rows(prompts, "object")
-    return run_attack(ref, concept, rows, json_out, attack, seed=seed, device=device, limit=limit, sampler=sampler)
+    return run_attack(ref, concept, rows, json_out, attack, seed=seed, device=device, limit=limit, sampler=sampler,
+                      attack_batch=attack_batch, dtype=dtype, gradient_checkpointing=gradient_checkpointing)

@@ -9,6 +9,7 @@ with exact resume (weights, optimizer, every RNG, method state), and saving the 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import random
@@ -21,18 +22,24 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..config import EraseConfig
+from ..erasure_files import base_tensors, hash_tensors, save_erasure, stored_dtypes
 from ..errors import UserError
-from ..erasure_files import base_tensors, hash_tensors, save_erasure
-from ..files import (cache_home, human_size, load_tensors, optimizer_from_tensors, optimizer_to_tensors, python_rng_state, save_tensors,
-                        set_python_rng_state, write_json)
+from ..files import (cache_home, human_size, load_tensors, optimizer_from_tensors, optimizer_to_tensors, python_rng_state,
+                     save_tensors, set_python_rng_state, write_json)
+from ..memory import (check_optimizer_device, enable_text_encoder_checkpointing, enable_unet_checkpointing, make_adam,
+                      memory_plan, unet_params)
 from ..model_ref import default_sampling, resolve_model
 from ..pipelines.loading import load_pipeline, pick_device
-from ..selfdata import SelfData, self_generated
-from ..worlds import World, world_for
 from ..sampling import add_noise, encode_prompts
+from ..selfdata import SelfData, self_generated
 from ..targets import select_parameters
+from ..worlds import World, world_for
 
 CHECKPOINT_DIR = "checkpoint"
+# settings a resumed run may change: they change no number of the training (gradient
+# checkpointing recomputes the same activations, the saliency ranking is exact on either
+# device, save_dtype acts on the written erasure only)
+RESUME_FREE = ("steps", "device", "checkpoint_every", "gradient_checkpointing", "saliency_device", "save_dtype")
 
 
 class TrainingDiverged(UserError):
@@ -59,6 +66,7 @@ class Trainer:
         self.config = config
         self.cache_dir = Path(cache_dir) if cache_dir is not None else cache_home()
         self.device = pick_device(config.device)
+        check_optimizer_device(config.optimizer, self.device.type)  # before the base model loads
         self.base_path = resolve_model(config.base_model) if pipe is None else Path(getattr(pipe, "name_or_path", "") or ".")
         self.pipe = pipe if pipe is not None else load_pipeline(self.base_path, device=self.device, attention=config.attention)
         # what the base model's family knows about its concepts (erasure/worlds/)
@@ -66,6 +74,9 @@ class Trainer:
         self.pipe.to(self.device)
         self.unet, self.text_encoder, self.tokenizer = self.pipe.unet, self.pipe.text_encoder, self.pipe.tokenizer
         self.alphas_cumprod = self.pipe.scheduler.alphas_cumprod.to(self.device)
+        # the memory levers' "auto" resolved for this UNet's size (erasure/memory.py); looked up by
+        # module name, so that a memory estimate can plan for CUDA while it runs on the CPU
+        self.plan = memory_plan(config, self.device.type, unet_params(self.unet))
         # bf16: autocast, frozen weights stored in bf16, trained tensors kept in fp32 (master weights).
         # "auto" means bf16 on CUDA and fp32 elsewhere.
         self.use_bf16 = config.dtype == "bfloat16" or (config.dtype == "auto" and self.device.type == "cuda")
@@ -85,8 +96,15 @@ class Trainer:
                 for p in m.parameters():
                     if not p.requires_grad:
                         p.data = p.data.to(torch.bfloat16)
-        self.base_hash = hash_tensors(base_tensors(self.pipe, list(self.trainable)))
+        base = base_tensors(self.pipe, list(self.trainable))
+        self.base_hash = hash_tensors(base)
+        # what "base" means for save_dtype: the dtype of each weight in the base's files, else as loaded
+        self.base_dtypes = {k: v.dtype for k, v in base.items()} | stored_dtypes(self.base_path, list(self.trainable))
+        del base
+        if self.plan.gradient_checkpointing:  # before setup: the frozen copies it makes inherit it
+            self.enable_gradient_checkpointing()
         self.optimizer = self.make_optimizer()
+        self.micro_step = 0  # index of the micro-batch within the optimizer step (--grad-accum)
         self.ema_weights = {k: p.detach().clone() for k, p in self.trainable.items()} if config.ema else None
         self.setup()
 
@@ -95,7 +113,16 @@ class Trainer:
         return select_parameters(models, self.config.target)
 
     def make_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.trainable.values(), lr=self.config.lr)
+        return self.adam(self.trainable.values(), self.config.lr)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Gradient checkpointing of the UNet (every method's backward passes through it: the
+        trained weights are in it or, AdvUnlearn, behind it in the text encoder) and of the text
+        encoder when it trains. Copies made afterwards (frozen_copy) keep it; it costs nothing
+        where no gradient is taken."""
+        enable_unet_checkpointing(self.unet)
+        if any(k.startswith("text_encoder.") for k in self.trainable):
+            enable_text_encoder_checkpointing(self.text_encoder)
 
     def setup(self) -> None:
         """Prepare what the loss needs (embeddings, frozen copies, data)."""
@@ -118,11 +145,26 @@ class Trainer:
         return {}
 
     # ----------------------------------------------------------------- shared helpers
+    def adam(self, params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+             weight_decay: float = 0.0) -> torch.optim.Optimizer:
+        """Every optimizer a method makes (its trained weights', DoCo's discriminator, SFD's fake
+        net): Adam (AdamW with weight_decay) in the implementation the memory plan names
+        (--optimizer; erasure/memory.py)."""
+        return make_adam(self.plan.optimizer, params, lr, betas, eps, weight_decay, self.device.type)
+
     def frozen_copy(self, module: torch.nn.Module, dtype: torch.dtype | None = None) -> torch.nn.Module:
         """A no-grad copy of `module` as it is now (the original model θ*)."""
         frozen = copy.deepcopy(module).requires_grad_(False).eval()
         dtype = dtype or (torch.bfloat16 if self.use_bf16 else None)
-        return frozen.to(dtype=dtype) if dtype is not None else frozen
+        if dtype is not None:  # Module.to(dtype)'s cast, by .data (so fake tensors of a memory estimate cast too)
+            for p in frozen.parameters():
+                if p.is_floating_point():
+                    p.data = p.data.to(dtype)
+            for m in frozen.modules():
+                for name, b in m._buffers.items():
+                    if b is not None and b.is_floating_point():
+                        m._buffers[name] = b.to(dtype)
+        return frozen
 
     def autocast(self):
         # no weight cache: autocast would otherwise keep a bf16 copy of every trained weight it
@@ -241,8 +283,11 @@ class Trainer:
         if not (ckpt / "state.json").exists():
             raise UserError(f"--resume: no checkpoint in {ckpt}; run without --resume to start fresh")
         meta = json.loads((ckpt / "state.json").read_text())
-        mine = {k: v for k, v in self.config.to_dict().items() if k not in ("steps", "device", "checkpoint_every")}
-        theirs = {k: v for k, v in meta["config"].items() if k not in ("steps", "device", "checkpoint_every")}
+        # a setting added since the checkpoint was made counts as its default
+        defaults = {f.name: f.default for f in dataclasses.fields(self.config) if f.default is not dataclasses.MISSING}
+        saved = {**{k: v for k, v in defaults.items() if k not in meta["config"]}, **meta["config"]}
+        mine = {k: v for k, v in self.config.to_dict().items() if k not in RESUME_FREE}
+        theirs = {k: v for k, v in saved.items() if k not in RESUME_FREE}
         if mine != theirs:
             diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
             raise UserError(f"--resume: the checkpoint in {ckpt} was made with different settings ({', '.join(diff)}); "
@@ -261,6 +306,31 @@ class Trainer:
         self.step = meta["step"]
 
     # ----------------------------------------------------------------- the loop
+    def check_loss(self, loss: torch.Tensor, out: Path) -> None:
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"the loss became {loss.item()} at step {self.step}; stopped. The last good checkpoint is in "
+                f"{out / CHECKPOINT_DIR} (if any): lower --lr or use --dtype float32, then --resume")
+
+    def accumulate_gradients(self, out: Path) -> tuple[float, dict[str, float]]:
+        """One optimizer step's gradients: `grad_accum` micro-batches of compute_loss, each
+        backward scaled by 1 / grad_accum, so the step is on their mean. Returns the mean loss
+        and the last micro-batch's logs. `self.micro_step` says which micro-batch runs (DoCo
+        steps its discriminator on the last). SFD overrides it (two updates per step)."""
+        cfg = self.config
+        logs: dict[str, float] = {}
+        total = 0.0
+        for self.micro_step in range(cfg.grad_accum):
+            with self.autocast():
+                result = self.compute_loss()
+            loss, logs = result if isinstance(result, tuple) else (result, {})
+            self.check_loss(loss, out)
+            if loss.requires_grad:  # a method that sets .grad itself (DoCo) returns a detached loss
+                (loss / cfg.grad_accum).backward()
+            total += loss.item() / cfg.grad_accum
+        self.micro_step = 0
+        return total, logs
+
     def train(self, out_dir: str | Path, resume: bool = False, stop_after: int | None = None,
               callback: ProgressCallback | None = None) -> Path:
         """Train `config.steps` optimizer steps and write the erasure into `out_dir`.
@@ -275,19 +345,7 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.step, desc=f"{cfg.method} '{cfg.concept}'", dynamic_ncols=True)
         while self.step < cfg.steps:
             self.optimizer.zero_grad(set_to_none=True)
-            logs: dict[str, float] = {}
-            total = 0.0
-            for _ in range(cfg.grad_accum):
-                with self.autocast():
-                    result = self.compute_loss()
-                loss, logs = result if isinstance(result, tuple) else (result, {})
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"the loss became {loss.item()} at step {self.step}; stopped. The last good checkpoint is in "
-                        f"{out / CHECKPOINT_DIR} (if any): lower --lr or use --dtype float32, then --resume")
-                if loss.requires_grad:  # a method that sets .grad itself (DoCo) returns a detached loss
-                    (loss / cfg.grad_accum).backward()
-                total += loss.item() / cfg.grad_accum
+            total, logs = self.accumulate_gradients(out)
             self.before_optimizer_step()
             grads = [p.grad for p in self.trainable.values() if p.grad is not None]
             if grads and not all(torch.isfinite(g).all() for g in grads):
@@ -324,4 +382,5 @@ class Trainer:
                 for k, p in self.trainable.items():
                     p.copy_(self.ema_weights[k])
         tensors = {k: v.detach() for k, v in self.trainable.items()}
-        return save_erasure(out_dir, self.config, tensors, self.base_hash, self.base_path, extra=self.manifest_extra())
+        return save_erasure(out_dir, self.config, tensors, self.base_hash, self.base_path, extra=self.manifest_extra(),
+                            base_dtypes=self.base_dtypes)

@@ -38,7 +38,10 @@ The concept-preserving gradient, per trained tensor, when g_adv and g_ret confli
     none       g = g_adv + retain_weight * g_ret
 
 Micro-batches of `--grad-accum` accumulate g_adv and g_ret apart; the projection acts on their
-sums, once per optimizer step.
+means, once per optimizer step. The discriminator also steps once per optimizer step, on the mean
+of its micro-batches' gradients, at the last micro-batch (as an optimizer under accelerate's
+gradient accumulation, the reference's, steps only then): the UNet's adversarial loss of every
+earlier micro-batch reads the discriminator the step started with.
 
 Defaults (Stable Diffusion), as the reference README runs them: `attn2.to_k`/`attn2.to_v`
 (preset attn2-kv), AdamW (betas 0.9/0.999, weight decay 0.01) at 4.8e-5 -- the reference's
@@ -294,8 +297,7 @@ class DoCoTrainer(Trainer):
 
     def make_optimizer(self) -> torch.optim.Optimizer:
         # the reference's AdamW: betas 0.9/0.999, weight decay 1e-2, eps 1e-8 (train.py's defaults)
-        return torch.optim.AdamW(self.trainable.values(), lr=self.config.lr, betas=(0.9, 0.999), weight_decay=1e-2,
-                                 eps=1e-8)
+        return self.adam(self.trainable.values(), self.config.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2)
 
     def prompt_pairs(self) -> tuple[list[str], list[list[str]]]:
         """(anchor prompts, forget forms): forms[f][i] is the forget prompt of anchor prompt i in
@@ -332,7 +334,7 @@ class DoCoTrainer(Trainer):
         self.c_uncond = self.embed([""])
         self.disc_layout = disc_layout_for(cfg.disc_layout, min(self.anchor_data.latents.shape[-2:]))
         self.discriminator = PatchDiscriminator(self.unet.config.in_channels, layout=self.disc_layout).to(self.device)
-        self.disc_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.999))
+        self.disc_optimizer = self.adam(self.discriminator.parameters(), cfg.disc_lr, betas=(0.5, 0.999))
         # the micro-batches' gradients of this optimizer step, kept apart until the projection
         self.adv_grads: list[torch.Tensor] | None = None
         self.ret_grads: list[torch.Tensor] | None = None
@@ -368,9 +370,12 @@ class DoCoTrainer(Trainer):
         self.discriminator.train()
         logits_real, logits_fake = self.discriminator(torch.cat([real, fake.detach()])).chunk(2)
         disc_loss = bce(logits_real, True) + bce(logits_fake, False)
-        self.disc_optimizer.zero_grad(set_to_none=True)
-        disc_loss.backward()
-        self.disc_optimizer.step()
+        if self.micro_step == 0:
+            self.disc_optimizer.zero_grad(set_to_none=True)
+        (disc_loss / cfg.grad_accum).backward()
+        if self.micro_step == cfg.grad_accum - 1:  # one step per optimizer step, on the micro-batches' mean
+            self.disc_optimizer.step()
+            self.disc_optimizer.zero_grad(set_to_none=True)  # its gradients are not held through the UNet's
         self.discriminator.eval()  # the UNet's adversarial loss reads the running statistics
         logs = {"disc": disc_loss.item()}
         if self.step < cfg.disc_warmup:  # warm-up: the UNet does not move
@@ -394,7 +399,6 @@ class DoCoTrainer(Trainer):
         else:
             self.adv_grads = [a + b for a, b in zip(self.adv_grads, adv)]
             self.ret_grads = [a + b for a, b in zip(self.ret_grads, ret)]
-        self.discriminator.zero_grad(set_to_none=True)
         return (adv_loss + cfg.retain_weight * retain_loss).detach(), {**logs, "adv": adv_loss.item(),
                                                                        "retain": retain_loss.item()}
 

@@ -77,6 +77,9 @@ class SalUnConfig(SelfDataConfig):
     mask_guidance: float = doc("w of the CFG noise prediction whose loss gradient ranks the weights (paper: 7.5)",
                                default=7.5)
     mask: str = doc("a saved salun_mask.safetensors to reuse instead of computing one", default="")
+    saliency_device: str = doc("where the saliency ranking of every weight's |gradient| runs: auto (cpu for a Stable "
+                               "Diffusion UNet on CUDA, where it needs several GB; else the training device), cpu or "
+                               "device", default="auto")
     n_forget: int = doc("self-generated forget images (paper: 800)", default=800)
     n_retain: int = doc("self-generated retain images (paper: 800)", default=800)
     forget_prompt: str = doc("the prompt D_f is drawn from and trained under, '{concept}' standing for the concept's "
@@ -98,6 +101,8 @@ class SalUnConfig(SelfDataConfig):
             raise UserError("--n-forget and --n-retain must be at least 1")
         if self.alpha < 0:
             raise UserError("--alpha must be >= 0")
+        if self.saliency_device not in ("auto", "cpu", "device"):
+            raise UserError(f"--saliency-device must be auto, cpu or device (got '{self.saliency_device}')")
 
 
 class SalUnTrainer(Trainer):
@@ -175,9 +180,17 @@ class SalUnTrainer(Trainer):
         return mask
 
     def saliency_mask(self) -> dict[str, torch.Tensor]:
-        """Eq. 5-6: top `mask_ratio` of |grad of the CFG forgetting loss| over D_f, ranked globally."""
+        """Eq. 5-6: top `mask_ratio` of |grad of the CFG forgetting loss| over D_f, ranked globally.
+
+        Memory (an SD 1.x UNet, 860M weights): the pass's gradients accumulate in the weights'
+        own .grad (one fp32 copy, 3.4 GB; autograd adds each batch's in place), the |grad| vector
+        is filled tensor by tensor as the .grad are freed, on `plan.saliency_device` (the CPU for
+        a big UNet on CUDA), and ranked there. kthvalue is an exact selection: the mask is the
+        same on either device."""
         cfg: SalUnConfig = self.config
-        grads = {k: torch.zeros_like(p, dtype=torch.float32) for k, p in self.trainable.items()}
+        params = list(self.trainable.values())
+        for p in params:
+            p.grad = None
         data = self.forget_data
         # its own random stream: the training draws must not depend on whether the mask was cached
         generator = torch.Generator().manual_seed(cfg.seed + 7919)
@@ -190,26 +203,29 @@ class SalUnTrainer(Trainer):
                 eps_0 = self.unet(x_t, t, encoder_hidden_states=self.c_empty.expand(len(x0), -1, -1)).sample.float()
             eps_cfg = (1 + cfg.mask_guidance) * eps_f - cfg.mask_guidance * eps_0
             loss = -F.mse_loss(eps_cfg, noise)
-            for (k, p), g in zip(self.trainable.items(), torch.autograd.grad(loss, list(self.trainable.values()))):
-                grads[k] += g.float()
-        # |grad| of every weight in one vector (the accumulators freed as they are copied in), and
-        # the keep-th largest of it as the (n - keep + 1)-th smallest: kthvalue returns one number,
-        # where topk would hold `keep` values and int64 indices (~5 GB for an SD 1.x UNet)
-        shapes = {k: g.shape for k, g in grads.items()}
-        scores = torch.empty(sum(g.numel() for g in grads.values()), dtype=torch.float32, device=self.device)
+            loss.backward(inputs=params)
+        # |grad| of every weight in one vector, and the keep-th largest of it as the (n - keep + 1)-th
+        # smallest: kthvalue returns one number, where topk would hold `keep` values and int64
+        # indices (~5 GB for an SD 1.x UNet)
+        where = torch.device("cpu") if self.plan.saliency_device == "cpu" else self.device
+        shapes = {k: p.shape for k, p in self.trainable.items()}
+        scores = torch.empty(sum(p.numel() for p in params), dtype=torch.float32, device=where)
         offset = 0
-        for k in list(grads):
-            g = grads.pop(k)
-            scores[offset:offset + g.numel()] = g.abs().flatten()
-            offset += g.numel()
-            del g
+        for p in params:
+            n = p.numel()
+            if p.grad is None:  # a weight the loss does not reach
+                scores[offset:offset + n] = 0.0
+            else:
+                scores[offset:offset + n].copy_(p.grad.abs_().flatten())
+            offset += n
+            p.grad = None
         keep = max(1, math.ceil(cfg.mask_ratio * scores.numel()))
         # ties at the threshold may keep a few more than asked
         threshold = torch.kthvalue(scores, scores.numel() - keep + 1).values
         mask, offset = {}, 0
         for k, shape in shapes.items():
             n = math.prod(shape)
-            mask[k] = (scores[offset:offset + n] >= threshold).view(shape)
+            mask[k] = (scores[offset:offset + n] >= threshold).view(shape).to(self.device)
             offset += n
         return mask
 

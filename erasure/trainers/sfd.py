@@ -76,6 +76,21 @@ generator update, no EMA (--ema 0.0). With beta1 = 0 Adam's first moment is the 
 so both networks step with AdamWithoutFirstMoment: Adam's update without that buffer (an SD
 UNet's worth of memory per network, tested equal to torch's Adam).
 
+Memory plan (erasure/memory.py; bytes per UNet parameter P, SD 1.x: P = 860M, on the GPU):
+
+  held all run   G's fp32 weights 4, its Adam state s; the fake net's fp32 weights 4, its state s;
+                 the teacher frozen in bf16, 2 (fp32 runs: 4)
+  fake update    + the fake net's gradients 4 (G's are None: G samples without gradient)
+  G update       + G's gradients 4 (the fake net's were freed after its step: set to None)
+
+Nothing holds two graphs: each term and micro-batch is one forward and its backward (freeing its
+graph) before the next; the fake update's graphs are gone before G's update starts. So the peak
+is 12 + 2s + 2 bytes per parameter, either update: --optimizer adam (AdamWithoutFirstMoment,
+s = 4): 22 (18.9 GB for SD 1.x); adam8bit (s = 2): 18 (15.5 GB); adam-offload (s = 0, the state
+in CPU memory): 14 (12.0 GB). Add the activations of one term's backward (a big UNet
+checkpoints them by default, --gradient-checkpointing) and the bf16 text encoder and VAE
+(~0.4 GB).
+
 Where we differ, deliberately:
   * Precision: the reference trains fp16 weights (--fp16 1); we train fp32 weights (bf16
     autocast on CUDA: erasure does not train in fp16). Its fp16 companions, Adam eps 1e-6 and
@@ -95,7 +110,9 @@ Where we differ, deliberately:
     distribution.
   * A NaN/inf loss stops the run (TrainingDiverged, like every method here) instead of the
     reference's dropping of NaN samples and nan_to_num on gradients.
-  * --grad-accum must be 1: fake-score and generator updates alternate per batch.
+  * --grad-accum N: each fake-score update and each generator update is the mean of N
+    micro-batches (of --batch-size each), one optimizer step each per generator update; the
+    reference accumulates its rounds the same way (--batch-gpu below --batch).
   * Only epsilon-prediction bases (SD 1.x, MiniSD); the reference also handles v-prediction.
   * EMA (off by default, as in the reference's SFD run) is the Trainer's constant-decay EMA
     (--ema 0.999), not SiD's half-life-in-images EMA with ramp-up.
@@ -115,13 +132,14 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import EraseConfig, doc
-from ..errors import UserError
 from ..erasure_files import hash_tensors
+from ..errors import UserError
 from ..files import load_tensors, save_tensors
+from ..memory import AdamWithoutFirstMoment, enable_unet_checkpointing  # noqa: F401 (SFD's optimizer, tested here)
 from ..prompt_files import SHIPPED_PROMPTS, read_prompt_table, read_prompts, shipped_prompt_file
 from ..registry import register_method
-from ..sampling import predicted_x0
 from ..sampling import cfg as guided
+from ..sampling import predicted_x0
 from .base import Trainer, TrainingDiverged
 
 ADAM_BETAS = (0.0, 0.999)  # the reference's, for both the generator and the fake score net
@@ -153,37 +171,6 @@ def with_keywords(prompts: list[str], overrides: list[str], keywords: list[str])
             forget += [f"{keyword} {prompt}", f"{prompt}, {keyword}"]
             override += [over, over]
     return forget, override
-
-
-class AdamWithoutFirstMoment(torch.optim.Optimizer):
-    """Adam with the reference's betas (0, beta2), keeping no first-moment buffer.
-
-    With beta1 = 0 Adam's first moment m_t = beta1 m_{t-1} + (1 - beta1) g_t is the step's own
-    gradient and its bias correction is 1, so the update is p -= lr g_t / (sqrt(v_t / (1 -
-    beta2^t)) + eps) with v_t = beta2 v_{t-1} + (1 - beta2) g_t^2: v_t is the only state. It is
-    torch.optim.Adam(betas=(0, beta2))'s update, operation for operation (tested equal), without
-    a second UNet-sized buffer per network (3.4 GB each for SD 1.x, in memory and in every
-    checkpoint)."""
-
-    def __init__(self, params, lr: float, beta2: float = ADAM_BETAS[1], eps: float = 1e-8) -> None:
-        super().__init__(params, {"lr": lr, "beta2": beta2, "eps": eps})
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            lr, beta2, eps = group["lr"], group["beta2"], group["eps"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.tensor(0.0)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                grad, exp_avg_sq = p.grad, state["exp_avg_sq"]
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                bias_correction2_sqrt = (1 - beta2 ** state["step"].item()) ** 0.5
-                p.addcdiv_(grad, (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps), value=-lr)
 
 
 @dataclass
@@ -229,9 +216,6 @@ class SFDConfig(EraseConfig):
     two_stage: bool = doc("distil first without forgetting (cached, shared by every concept), then forget",
                           default=False)
     distill_steps: int = doc("generator updates of stage one with --two-stage", default=2000)
-    gradient_checkpointing: bool = doc("recompute the three UNets' activations in the backward pass instead of "
-                                       "keeping them: less memory, more time, the same result (reference: "
-                                       "--gradient_checkpointing, off)", default=False)
     checkpoint_every: int = doc("save a resumable checkpoint every N steps (0 = never; reference: every 5,000 images, "
                                 "625 updates at batch 8; an SD 1.x checkpoint holds two UNets and their Adam states, "
                                 "about 14 GB)", default=625)
@@ -264,9 +248,6 @@ class SFDConfig(EraseConfig):
             raise UserError(f"--fake-dropout must be in [0, 1) (got {self.fake_dropout})")
         if self.fake_updates_per_generator < 1:
             raise UserError(f"--fake-updates-per-generator must be at least 1 (got {self.fake_updates_per_generator})")
-        if self.grad_accum != 1:
-            raise UserError("SFD alternates fake-score and generator updates per batch: --grad-accum must be 1 "
-                            "(lower --batch-size instead)")
         if self.two_stage and self.distill_steps < 1:
             raise UserError(f"--distill-steps must be at least 1 with --two-stage (got {self.distill_steps})")
         if self.anchor.strip() and self.anchor.strip().lower() in (c.lower() for c in self.concepts):
@@ -286,10 +267,11 @@ class SFDTrainer(Trainer):
     config_cls = SFDConfig
 
     def make_optimizer(self) -> torch.optim.Optimizer:
-        return AdamWithoutFirstMoment(self.trainable.values(), lr=self.config.lr, eps=self.config.adam_eps)
+        # --optimizer adam: AdamWithoutFirstMoment (beta1 = 0); adam8bit: bitsandbytes' at betas (0, 0.999)
+        return self.adam(self.trainable.values(), self.config.lr, betas=ADAM_BETAS, eps=self.config.adam_eps)
 
     def fake_adam(self) -> torch.optim.Optimizer:
-        return AdamWithoutFirstMoment(self.fake.parameters(), lr=self.config.fake_lr, eps=self.config.adam_eps)
+        return self.adam(self.fake.parameters(), self.config.fake_lr, betas=ADAM_BETAS, eps=self.config.adam_eps)
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -309,9 +291,9 @@ class SFDTrainer(Trainer):
         self.fake = copy.deepcopy(self.unet).float().requires_grad_(False)  # eps_psi: trained in its own update
         self.fake_optimizer = self.fake_adam()
         self.start_generator()  # G: the distilled one-step generator (teacher and fake net stay the base)
-        if cfg.gradient_checkpointing:
+        if self.plan.gradient_checkpointing:  # G's backward passes through all three
             for net in (self.unet, self.teacher, self.fake):
-                net.enable_gradient_checkpointing()
+                enable_unet_checkpointing(net)
         self.c_empty = self.embed([""])
         self.c_negative = self.embed([cfg.negative_prompt]) if cfg.negative_prompt else self.c_empty
         self.latent_shape = (self.unet.config.in_channels, self.unet.config.sample_size, self.unet.config.sample_size)
@@ -432,21 +414,25 @@ class SFDTrainer(Trainer):
         return ((eps - noise) ** 2).sum() / len(prompts)
 
     def fake_score_update(self, forget: bool = True) -> dict[str, float]:
-        """One Adam step of the fake score net; G, the teacher and G's optimizer are untouched."""
+        """One Adam step of the fake score net, on the mean of `grad_accum` micro-batches' L_fake;
+        G, the teacher and G's optimizer are untouched. Returns the micro-batches' mean losses."""
         cfg: SFDConfig = self.config
+        n = cfg.grad_accum
         self.fake.requires_grad_(True)
         self.fake_optimizer.zero_grad(set_to_none=True)
-        terms = [("fake", 1.0, self.pick(self.remain), self.c_empty)]
-        if forget and cfg.fake_forget_weight > 0:
-            terms.append(("fake_forget", cfg.fake_forget_weight, self.pick_pairs()[0], self.c_negative))
-        logs = {}
-        for name, weight, prompts, uncond in terms:  # one backward per term, as the reference (peak memory)
-            loss = self.fake_denoising_loss(prompts, uncond)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"the fake score net's loss became {loss.item()} at step {self.step}; lower "
-                                       "--fake-lr or use --dtype float32")
-            (weight * loss).backward()
-            logs[name] = loss.item()
+        logs: dict[str, float] = {}
+        for _ in range(n):
+            terms = [("fake", 1.0, self.pick(self.remain), self.c_empty)]
+            if forget and cfg.fake_forget_weight > 0:
+                terms.append(("fake_forget", cfg.fake_forget_weight, self.pick_pairs()[0], self.c_negative))
+            for name, weight, prompts, uncond in terms:  # one backward per term, as the reference (peak memory)
+                loss = self.fake_denoising_loss(prompts, uncond)
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(f"the fake score net's loss became {loss.item()} at step {self.step}; "
+                                           "lower --fake-lr or use --dtype float32")
+                (weight * loss / n).backward()
+                logs[name] = logs.get(name, 0.0) + loss.item() / n
+                del loss  # its graph is freed by the backward; nothing of it is held into the next term
         self.fake_optimizer.step()
         self.fake_optimizer.zero_grad(set_to_none=True)  # its gradients (a UNet's worth) are not held through G's update
         self.fake.requires_grad_(False)
@@ -467,28 +453,48 @@ class SFDTrainer(Trainer):
         return sid_generator_loss(y_real, y_fake, x_g, cfg.alpha)
 
     def generator_backward(self, forget: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
-        """Backpropagate L_G into G's gradients (one backward per term: peak memory) and return it
-        detached. The fake net and the teacher hold no gradient here."""
+        """Backpropagate L_G, the mean over `grad_accum` micro-batches, into G's gradients (one
+        backward per term and micro-batch: peak memory) and return it detached. The fake net and
+        the teacher hold no gradient here."""
         cfg: SFDConfig = self.config
-        c_r = self.embed(self.pick(self.remain))
-        remain = self.sid_term(c_r, c_r, c_r)
-        (cfg.remain_weight * remain).backward()
-        total, logs = cfg.remain_weight * remain.detach(), {"remain": remain.item()}
-        if forget and cfg.forget_weight > 0:
-            forget_prompts, override_prompts = self.pick_pairs()
-            c_f, c_a = self.embed(forget_prompts), self.embed(override_prompts)
-            forget_term = self.sid_term(c_f, c_a, c_f, self.c_negative)
-            (cfg.forget_weight * forget_term).backward()
-            total = total + cfg.forget_weight * forget_term.detach()
-            logs["forget"] = forget_term.item()
+        n = cfg.grad_accum
+        total, logs = None, {"remain": 0.0}
+        for _ in range(n):
+            c_r = self.embed(self.pick(self.remain))
+            remain = self.sid_term(c_r, c_r, c_r)
+            (cfg.remain_weight * remain / n).backward()
+            term = cfg.remain_weight * remain.detach() / n
+            total = term if total is None else total + term
+            logs["remain"] += remain.item() / n
+            del remain
+            if forget and cfg.forget_weight > 0:
+                forget_prompts, override_prompts = self.pick_pairs()
+                c_f, c_a = self.embed(forget_prompts), self.embed(override_prompts)
+                forget_term = self.sid_term(c_f, c_a, c_f, self.c_negative)
+                (cfg.forget_weight * forget_term / n).backward()
+                total = total + cfg.forget_weight * forget_term.detach() / n
+                logs["forget"] = logs.get("forget", 0.0) + forget_term.item() / n
+                del forget_term
         return total, logs
 
     def compute_loss(self):
+        """One optimizer step's work: the fake-score update(s), then G's backward, each over
+        `grad_accum` micro-batches (the Trainer's loop calls it once per step: see
+        accumulate_gradients)."""
         logs: dict[str, float] = {}
         for _ in range(self.config.fake_updates_per_generator):
             logs.update(self.fake_score_update(forget=True))
         loss, generator_logs = self.generator_backward(forget=True)
         return loss, {**logs, **generator_logs}
+
+    def accumulate_gradients(self, out):
+        """SFD's step alternates two updates, so its micro-batches live inside them: the fake
+        net steps once on the mean of `grad_accum` micro-batches, then G's gradient is the mean
+        of as many (compute_loss); the Trainer then steps G once."""
+        with self.autocast():
+            loss, logs = self.compute_loss()
+        self.check_loss(loss, out)
+        return loss.item(), logs
 
     def before_optimizer_step(self) -> None:
         self.clip_generator_gradients()
