@@ -25,7 +25,8 @@ concept), and for the discrete attack (`attack`):
 3. **`--validate M,...`**: the estimator against a measured run: the same two steps on the
    CPU at 256 px in fp32, estimated (plan for the CPU) and measured (peak resident memory of a
    process whose model was built in memory, minus its resident memory before).
-4. A table; `--json OUT` writes its rows (keys `method`, `est_peak_gib_512_bf16`,
+4. A table; `--json OUT` writes its rows (an existing OUT keeps the rows of methods not run
+   this time; keys `method`, `est_peak_gib_512_bf16`,
    `est_peak_gib_512_bf16_all_levers`, `cpu_s_per_step`, `delta_mb`, and the details).
 
 On a CUDA device, step 2 measures instead: real peak memory (`torch.cuda.max_memory_allocated`)
@@ -37,6 +38,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -77,7 +79,7 @@ CHEAP = {
     # the model's own UNet as the starting one-step generator (exercises the --generator loader)
     "sfd": {"generator": "{model}", "batch_size": 1},
 }
-ATTACK_CHEAP = ["--limit", "1", "--timesteps", "1", "--iterations", "2"]
+ATTACK_CHEAP = ["--concept", "nudity", "--limit", "1", "--timesteps", "1", "--iterations", "2"]
 
 
 def build_model(folder: Path, resolution: int) -> None:
@@ -193,6 +195,9 @@ def cpu_run(method: str, model: Path, out: Path) -> dict:
     cli("generate", "--model", str(out / f"{method}-export"), "--prompt", "a photo of a nude person",
         "--num-images", "1", "--out", str(out / f"{method}-images"), "--device", "cpu", log=log)
     chain["generate_s"] = round(time.perf_counter() - t, 1)
+    export = out / f"{method}-export"
+    chain["export_files"] = sorted(str(f.relative_to(export)) for f in export.rglob("*") if f.is_file())
+    shutil.rmtree(export)  # 4.3 GB per method; what it held is listed above
     t = time.perf_counter()
     cli("eval", "--model", str(erasure), "--suite", "nudity", "--limit", "1", "--images-per-prompt", "1",
         "--metrics", "nudenet", "--json", str(out / f"{method}-eval.json"), "--out", str(out / f"{method}-eval"),
@@ -359,6 +364,13 @@ def main() -> None:
         if v["estimated_gib"] and v["measured_gib"]:
             v["error_pct"] = round(100 * (v["estimated_gib"] - v["measured_gib"]) / v["measured_gib"], 1)
         validation.append(v)
+    if args.json and args.json.exists():  # rows and checks of methods not run this time are kept
+        old = json.loads(args.json.read_text())
+        old = old if isinstance(old, dict) else {}
+        ran, checked = {r["method"] for r in rows}, {v["method"] for v in validation}
+        rows = [r for r in old.get("rows", []) if r["method"] not in ran] + rows
+        rows.sort(key=lambda r: METHODS.index(r["method"]) if r["method"] in METHODS else len(METHODS))
+        validation = [v for v in old.get("validation", []) if v["method"] not in checked] + validation
     print_table(rows, validation)
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "validation": validation}, indent=2))

@@ -27,15 +27,21 @@ _LAZY = {
 }
 
 
-def train(out: str, resume: bool = False, callback=None, **settings):
+def train(out: str, resume: bool = False, callback=None, grid: bool = False, **settings):
     """Train a registered method (settings as in `erasure train`) and write the erasure to `out`.
     `callback(step, total, logs)` is called after every step; returning False cancels the run
-    (TrainingCancelled), e.g. from a UI's Cancel button."""
+    (TrainingCancelled), e.g. from a UI's Cancel button. `grid=True` also writes the before/after
+    grid `out/comparison.png`, as `erasure train` does (its `--no-grid` is `grid=False`)."""
     from .config import EraseConfig
     from .registry import get_method
 
     config = EraseConfig.from_dict({"method": "esd-x", **settings})
-    return get_method(config.method).trainer_cls(config).train(out, resume=resume, callback=callback)
+    trainer = get_method(config.method).trainer_cls(config)
+    path = trainer.train(out, resume=resume, callback=callback)
+    if grid:
+        from .eval.before_after import release, write_comparison
+        write_comparison(path, config, release(trainer))
+    return path
 
 
 def __getattr__(name: str):  # heavy imports (diffusers) only when asked for

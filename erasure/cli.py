@@ -86,7 +86,7 @@ def cmd_eval(args) -> int:
     return 0
 
 
-TRAIN_OWN_FLAGS = ("method", "model", "out", "config", "resume")
+TRAIN_OWN_FLAGS = ("method", "model", "out", "config", "resume", "grid")
 
 
 def _method_in(argv: list[str]) -> str:
@@ -196,7 +196,10 @@ def cmd_train(args) -> int:
         raise UserError(f"{out} already holds an erasure; choose a new --out or delete it")
     trainer = get_method(config.method).trainer_cls(config)
     trainer.train(out, resume=args.resume)
-    grid_path = write_comparison(out, config, trainer.pipe.device)
+    from .eval.before_after import release
+
+    device = release(trainer)
+    grid_path = write_comparison(out, config, device) if args.grid else "not drawn (--no-grid)"
     print(f"erasure written to {out}/ ({CONFIG_NAME}, {WEIGHTS_NAME})\n"
           f"before/after grid: {grid_path}\n"
           f"use it: ErasedPipeline.from_pretrained('{out}')  or  erasure generate --model {out} --prompt ...")
@@ -276,7 +279,9 @@ def cmd_attack(args) -> int:
                                            seed=args.seed)
     report = attack_prompt_set(args.model, args.json, attack, concept=args.concept, suite=args.suite,
                                prompts=args.prompts, seed=args.seed, limit=args.limit,
-                               device=None if args.device == "auto" else args.device, sampler=args.sampler)
+                               device=None if args.device == "auto" else args.device, sampler=args.sampler,
+                               attack_batch=_positive("attack-batch", args.attack_batch), dtype=args.dtype,
+                               gradient_checkpointing=args.gradient_checkpointing)
     s = report["summary"]
     print(f"pre-ASR {s['pre_asr']:.3f}  ASR {s['asr']:.3f}  over {s['n_prompts']} prompts "
           f"({report['protocol']['judge']}) -> {args.json}")
@@ -379,6 +384,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="folder for the erasure files")
     t.add_argument("--config", default=None, help="YAML file of settings (flags override it)")
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    t.add_argument("--no-grid", dest="grid", action="store_false",
+                   help="skip the before/after comparison grid (comparison.png): a full-size model spends "
+                        "minutes drawing it on a CPU")
     _config_flags(t, _method_in(list(sys.argv[1:] if argv is None else argv)))
     t.set_defaults(func=cmd_train)
 
@@ -409,6 +417,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     from .eval.asr import SAMPLERS
     a.add_argument("--sampler", choices=SAMPLERS, default=None, help="scheduler of every image the attack draws "
                    "(default: the reference's, lms, on Stable Diffusion; the model's own (pipeline) elsewhere)")
+    a.add_argument("--attack-batch", type=int, default=8, help="prompts attacked together: memory grows with it, "
+                   "results do not change (1 for the least memory)")
+    a.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 elsewhere), float32 or bfloat16")
+    a.add_argument("--gradient-checkpointing", default="auto", help="recompute the UNet's activations in the "
+                   "backward pass: auto (on for a UNet over 300M parameters, i.e. Stable Diffusion), true, false")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--device", default="auto")
     a.set_defaults(func=cmd_attack)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .errors import UserError
+from .errors import UserError, parse_bool  # noqa: F401 (parse_bool: config's public name too)
 
 
 def doc(help: str, **kw) -> Any:
@@ -156,17 +156,6 @@ class SelfDataConfig(EraseConfig):
     data_steps: int = doc("sampling steps of the self-generated images (0 = the model's default: SD 50, MiniSD 25)",
                           default=0)
     data_seed: int = doc("seed of the first self-generated image (image i uses data_seed + i)", default=0)
-
-
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-
-
-def parse_bool(word: str, name: str) -> bool:
-    """A boolean setting's CLI word; a typo is an error, never a silent False."""
-    w = word.strip().lower()
-    if w in _TRUE or w in _FALSE:
-        return w in _TRUE
-    raise UserError(f"--{name.replace('_', '-')} takes true or false (got '{word}')")
 
 
 def field_types(cls: type) -> dict[str, type]:

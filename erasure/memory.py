@@ -69,7 +69,7 @@ def memory_plan(config, device_type: str, unet_params: int) -> MemoryPlan:
 
 def checkpointing_word(value, name: str = "gradient_checkpointing") -> str:
     """auto / true / false from a setting's value (a bool, or a CLI word: yes, on, 0, ...)."""
-    from .config import parse_bool
+    from .errors import parse_bool
     if isinstance(value, bool):
         return "true" if value else "false"
     word = str(value).strip().lower()

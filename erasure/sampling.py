@@ -50,3 +50,34 @@ def ddim_trajectory(unet, scheduler, cond: torch.Tensor, uncond: torch.Tensor, l
         x = scheduler.step(cfg(eps_u, eps_c, guidance), t, x).prev_sample
         trajectory.append(x)
     return trajectory, timesteps
+
+
+@torch.no_grad()
+def ddim_trajectories(unet, scheduler, cond: torch.Tensor, uncond: torch.Tensor, latents: torch.Tensor,
+                      guidance: float, num_steps: int, stop_after: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`ddim_trajectory` where each latent stops on its own: latent i runs `stop_after[i]` steps
+    (0 to num_steps), and the batch shrinks as latents finish, so no UNet call is spent past the
+    last step a caller needs. Also keeps the two noise predictions of every step taken, which
+    are the frozen model's eps(x_t, t, uncond) and eps(x_t, t, cond) at that trajectory point
+    (ESD's target needs them there again). `cond`: (1 or B, 77, D).
+
+    Returns (trajectory (num_steps + 1, B, C, h, w): row k is the latent before DDIM step k, zero
+    past a latent's stop; eps_uncond and eps_cond (num_steps, B, C, h, w), zero past the stop,
+    row k the predictions at row k of the trajectory; timesteps)."""
+    scheduler.set_timesteps(num_steps, device=latents.device)
+    timesteps = scheduler.timesteps
+    stop_after = stop_after.to(latents.device)
+    x = latents * scheduler.init_noise_sigma
+    trajectory = x.new_zeros(num_steps + 1, *x.shape)
+    eps_uncond, eps_cond = x.new_zeros(num_steps, *x.shape), x.new_zeros(num_steps, *x.shape)
+    trajectory[0] = x
+    cond = cond.expand(len(x), -1, -1)
+    for k in range(int(stop_after.max()) if len(x) else 0):
+        active = (stop_after > k).nonzero().squeeze(1)
+        xa, t = trajectory[k, active], timesteps[k]
+        conds = torch.cat([uncond.expand(len(active), -1, -1), cond[active]])
+        eps_u, eps_c = unet(torch.cat([xa, xa]), t, encoder_hidden_states=conds).sample.chunk(2)
+        eps_uncond[k, active], eps_cond[k, active] = eps_u.to(x.dtype), eps_c.to(x.dtype)
+        trajectory[k + 1, active] = scheduler.step(cfg(eps_u, eps_c, guidance), t, xa).prev_sample.to(x.dtype)
+    return trajectory, eps_uncond, eps_cond, timesteps

@@ -172,7 +172,7 @@ def test_docs_and_docstrings_never_speak_of_sessions():
 LAYERS = [  # top first; a module imports only from its own layer or the layers below
     ("faces", ["erasure", "erasure.cli", "erasure.demo"]),  # `erasure` itself: the public API the faces use
     ("bench", ["erasure.bench"]),
-    ("eval", ["erasure.eval"]),
+    ("eval", ["erasure.eval", "erasure.estimate"]),  # the estimator runs the methods on fake tensors
     ("methods", ["erasure.trainers", "erasure.attacks"]),
     ("config", ["erasure.config"]),  # from_dict asks the base model's world for its defaults
     ("worlds", ["erasure.worlds"]),
@@ -180,7 +180,7 @@ LAYERS = [  # top first; a module imports only from its own layer or the layers 
     ("pipelines", ["erasure.pipelines"]),
     ("format", ["erasure.erasure_files", "erasure.model_ref", "erasure.selfdata", "erasure.images"]),
     ("leaves", ["erasure.registry", "erasure.plugins", "erasure.targets", "erasure.sampling", "erasure.files",
-                "erasure.prompt_files", "erasure.errors", "erasure.version"]),
+                "erasure.prompt_files", "erasure.errors", "erasure.version", "erasure.memory"]),
 ]
 # the MiniSD classifier (a detector) is built from MiniSD's network and label vocabulary, two
 # torch-only modules of its world that import nothing else of the package

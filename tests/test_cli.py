@@ -101,3 +101,16 @@ def test_train_bad_input_is_one_line_exit_2_and_writes_nothing(case, args, messa
     assert code == 2, case
     assert message in _error_line(capsys)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--attack-batch", "0"], "--attack-batch must be at least 1"),
+    (["--dtype", "float64"], "float64"),
+    (["--gradient-checkpointing", "maybe"], "maybe"),
+])
+def test_attack_memory_flags_refuse_bad_values_in_one_line(flags, message, tiny_sd_dir, tmp_path, capsys):
+    code = run(["attack", "--model", str(tiny_sd_dir), "--suite", "mini", "--limit", "1", "--json",
+                str(tmp_path / "a.json"), *flags])
+    assert code == 2
+    assert message in _error_line(capsys)
+    assert not (tmp_path / "a.json").exists()

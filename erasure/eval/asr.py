@@ -275,6 +275,8 @@ def attack_prompt_set(model: str | os.PathLike | ModelRef, json_out: str | Path 
     memory levers). Returns run_attack's report."""
     if bool(suite) == bool(prompts):
         raise UserError("give exactly one of --suite NAME or --prompts FILE.csv")
+    attack_dtype(dtype, torch.device("cpu"))  # the settings first, before a model is read
+    checkpointing_word("auto" if gradient_checkpointing is None else gradient_checkpointing)
     ref = resolve(model)
     concept = concept or ref.concept
     if not concept:

@@ -36,6 +36,14 @@ Where we differ from the reference code, deliberately:
     `refresh_every` steps (the frozen model's trajectories do not change as we train, so the
     (x_t, t) pairs are draws from the same distribution). `refresh_every=1` is the
     reference's behaviour: one fresh trajectory per step, run only up to the drawn step.
+  * With cached trajectories, each refresh reads the draws of the steps it serves ahead, off
+    copies of the run's generators (the draws themselves are made as always, so every random
+    number is the one it was): each trajectory is sampled only up to the last step any of them
+    picks, and the window's targets are computed in a few batched calls of the frozen UNet.
+    eps*(c_f) at a trajectory point is the conditional prediction the sampling made there
+    (eps*(c_0) too with the empty baseline), so it is kept, not recomputed. The numbers are
+    Eq. 3's; only the floating-point summation order of a batched call differs. MiniSD's
+    ESD-x (`erasure train --concept circle`): measured in benchmarks/minisd_train_speed.py.
   * Several concepts at once: each step erases one concept drawn at random.
   * A concept may be expressed by several prompts (`concept_prompts`, the world's, erasure/worlds/): each
     trajectory is sampled under one of them, drawn at random, and trained under the same one.
@@ -56,6 +64,7 @@ Where we differ from the reference code, deliberately:
 """
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -65,7 +74,8 @@ import torch.nn.functional as F
 from ..config import EraseConfig, doc
 from ..errors import UserError
 from ..registry import register_method
-from ..sampling import ddim_trajectory
+from ..memory import is_big
+from ..sampling import ddim_trajectories, ddim_trajectory
 from .base import Trainer
 
 
@@ -105,6 +115,11 @@ class ESDConfig(EraseConfig):
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
 
 
+# frozen-UNet rows per batched target call of a small model (MiniSD: ~2x less CPU time per row
+# than one step's 6); a big one (SD) keeps one step's batch, the memory it is planned for
+TARGET_ROWS = 64
+
+
 class ESDTrainer(Trainer):
     config_cls = ESDConfig
 
@@ -125,7 +140,14 @@ class ESDTrainer(Trainer):
         # concept -> (trajectory latents (ddim_steps, B, C, h, w), the forget prompt of each trajectory (B,))
         self.cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.cache_born = -1
+        # step -> (x_t, t, prompt ids, target, eps*(c_f)) computed ahead at the refresh (see plans_ahead)
+        self.planned_targets: dict[int, tuple[torch.Tensor, ...]] = {}
 
+    def plans_ahead(self) -> bool:
+        """Whether a refresh may read its window's draws ahead: cached trajectories, and the loss
+        is ESD's own (one draw_xt per step; a subclass that draws otherwise, AdvUnlearn, keeps
+        full trajectories and computes each target when it is asked for)."""
+        return self.config.refresh_every > 1 and type(self).compute_loss is ESDTrainer.compute_loss
     def baseline_embeddings(self, concept: str, prompts: list[str]) -> torch.Tensor:
         """c_0 for each forget prompt: the empty prompt (S = 1), the prompt without the concept
         (S = 1), or the prompt with each sibling in the concept's place (S = siblings)."""
@@ -177,23 +199,115 @@ class ESDTrainer(Trainer):
             traj, timesteps = self.sample_latents(unet, self.sampling_condition(k, prompt_ids), batch, stop_after=step)
             return traj[step], timesteps[step].repeat(batch), prompt_ids.to(self.device)
         if self.cache_born < 0 or self.step - self.cache_born >= cfg.refresh_every:
-            self.cache = {}
-            for j in range(len(cfg.concepts)):
-                prompt_ids = self.randint(len(self.forget_prompt_sets[j]), (cfg.trajectory_batch,))
-                latents, _ = self.sample_latents(self.frozen_unet, self.sampling_condition(j, prompt_ids),
-                                                 cfg.trajectory_batch)
-                self.cache[j] = (latents[:-1], prompt_ids)
+            self.cache, self.planned_targets = {}, {}
+            if self.plans_ahead():
+                self.refresh_planned(k)
+            else:
+                for j in range(len(cfg.concepts)):
+                    prompt_ids = self.randint(len(self.forget_prompt_sets[j]), (cfg.trajectory_batch,))
+                    latents, _ = self.sample_latents(self.frozen_unet, self.sampling_condition(j, prompt_ids),
+                                                     cfg.trajectory_batch)
+                    self.cache[j] = (latents[:-1], prompt_ids)
             self.cache_born = self.step
         latents, prompt_ids = self.cache[k]
         x_t, t, which = self.draw_cached(latents, batch)
         return x_t, t, prompt_ids[which].to(self.device)
+
+    def window_draws(self, k_now: int) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+        """(concept, DDIM step indices, trajectory indices) that draw_cached will draw at each
+        step until the next refresh, read off copies of the run's generators (the real draws
+        follow them exactly: nothing else draws from them between refreshes)."""
+        cfg: ESDConfig = self.config
+        generator = torch.Generator().manual_seed(0)
+        generator.set_state(self.generator.get_state())
+        rng = random.Random()
+        rng.setstate(self.rng.getstate())
+        draws = []
+        for s in range(min(cfg.refresh_every, cfg.steps - self.step)):
+            k = k_now if s == 0 else rng.randrange(len(cfg.concepts))  # compute_loss's draw (made for this step)
+            steps = torch.randint(0, cfg.ddim_steps, (cfg.batch_size,), generator=generator)
+            which = torch.randint(0, cfg.trajectory_batch, (cfg.batch_size,), generator=generator)
+            draws.append((k, steps, which))
+        return draws
+
+    @torch.no_grad()
+    def refresh_planned(self, k_now: int) -> None:
+        """The refresh of draw_xt with its window read ahead: each concept's trajectories sampled
+        only as far as a draw needs (ddim_trajectories), then every target of the window batched."""
+        cfg: ESDConfig = self.config
+        starts = []
+        for j in range(len(cfg.concepts)):  # the generator's draws in the order of the plain refresh
+            prompt_ids = self.randint(len(self.forget_prompt_sets[j]), (cfg.trajectory_batch,))
+            starts.append((prompt_ids, self.randn(cfg.trajectory_batch, *self.latent_shape)))
+        draws = self.window_draws(k_now)
+        sampled = {}
+        for j, (prompt_ids, noise) in enumerate(starts):
+            stop = torch.zeros(cfg.trajectory_batch, dtype=torch.long)  # steps run: past the last drawn, whose eps is kept
+            for k, steps, which in draws:
+                if k == j:
+                    for step, w in zip(steps.tolist(), which.tolist()):
+                        stop[w] = max(int(stop[w]), step + 1)
+            with self.autocast():
+                traj, eps_u, eps_c, _ = ddim_trajectories(self.frozen_unet, self.scheduler,
+                                                          self.sampling_condition(j, prompt_ids), self.c_empty,
+                                                          noise, cfg.start_guidance, cfg.ddim_steps, stop)
+            self.cache[j] = (traj[:-1].float(), prompt_ids)
+            sampled[j] = (eps_u.float(), eps_c.float())
+        self.scheduler.set_timesteps(cfg.ddim_steps, device=self.device)
+        for j in sampled:
+            mine = [(s, steps, which) for s, (k, steps, which) in enumerate(draws) if k == j]
+            if not mine:
+                continue
+            steps, which = torch.cat([m[1] for m in mine]), torch.cat([m[2] for m in mine])
+            latents, prompt_ids = self.cache[j]
+            x_t, t = latents[steps, which], self.scheduler.timesteps[steps.to(self.device)]
+            ids = prompt_ids[which].to(self.device)
+            eps_u, eps_c = (e[steps, which] for e in sampled[j])
+            rows = cfg.batch_size if is_big(self.unet) else max(cfg.batch_size, TARGET_ROWS // self.target_conds())
+            parts = [self.esd_target_from(x_t[a:a + rows], t[a:a + rows], j, ids[a:a + rows],
+                                          eps_u[a:a + rows], eps_c[a:a + rows]) for a in range(0, len(x_t), rows)]
+            target, eps_f = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+            b = cfg.batch_size
+            for i, (s, _, _) in enumerate(mine):
+                rows_i = slice(i * b, (i + 1) * b)
+                self.planned_targets[self.step + s] = (x_t[rows_i], t[rows_i], ids[rows_i], target[rows_i], eps_f[rows_i])
+
+    def target_conds(self) -> int:
+        """Frozen-UNet conditions a planned target still needs per row (see esd_target_from):
+        the baseline's S (none for the empty prompt) and c_f under erase_from."""
+        baseline = 0 if self.config.baseline == "empty" else self.c_baseline[0].shape[1]
+        return max(1, baseline + (self.c_from is not None))
+
+    @torch.no_grad()
+    def esd_target_from(self, x_t: torch.Tensor, t: torch.Tensor, k: int, prompt_ids: torch.Tensor,
+                        eps_uncond: torch.Tensor, eps_sampled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """esd_target where the sampling's predictions at (x_t, t) are known: eps_sampled is the
+        frozen model's under the sampling condition (c_f, or c_from), eps_uncond under the empty
+        prompt, so only the rest are computed."""
+        cfg: ESDConfig = self.config
+        c_0 = self.c_baseline[k][prompt_ids]  # (b, S, 77, D)
+        conds = [] if cfg.baseline == "empty" else [*c_0.unbind(1)]
+        conds += [self.c_forget[k][prompt_ids]] if self.c_from is not None else []
+        eps = []
+        if conds:
+            with self.autocast():
+                eps = self.frozen_unet(torch.cat([x_t] * len(conds)), torch.cat([t] * len(conds)),
+                                       encoder_hidden_states=torch.cat(conds)).sample.float().chunk(len(conds))
+        eps_f = eps[-1] if self.c_from is not None else eps_sampled
+        eps_from = eps_sampled
+        eps_0 = eps_uncond if cfg.baseline == "empty" else torch.stack(eps[:c_0.shape[1]]).mean(0)
+        return eps_from - (1 + cfg.negative_guidance) * (eps_f - eps_0), eps_f
 
     @torch.no_grad()
     def esd_target(self, x_t: torch.Tensor, t: torch.Tensor, k: int, prompt_ids: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. 3 from the frozen θ* (eps*(c_0), eps*(c_f) and eps*(c_from) in one batched call),
         written so that erase_from generalises it: eps*(c_from) - (1 + eta)(eps*(c_f) - eps*(c_0)).
-        Returns (target, eps*(c_f))."""
+        Returns (target, eps*(c_f)); the refresh's planned one when it was computed for this very
+        (x_t, t, prompt)."""
+        planned = self.planned_targets.pop(self.step, None)
+        if planned is not None and all(torch.equal(a, b) for a, b in zip(planned[:3], (x_t, t, prompt_ids))):
+            return planned[3], planned[4]
         cfg: ESDConfig = self.config
         b = len(x_t)
         c_f, c_0 = self.c_forget[k][prompt_ids], self.c_baseline[k][prompt_ids]  # (b, 77, D), (b, S, 77, D)
@@ -218,12 +332,16 @@ class ESDTrainer(Trainer):
         state = {f"cache.{k}": v for k, (v, _) in self.cache.items()}
         state |= {f"cache_prompts.{k}": ids for k, (_, ids) in self.cache.items()}
         state["cache_born"] = torch.tensor(self.cache_born)
+        for step, entry in self.planned_targets.items():  # the window's targets: a resumed run uses the same numbers
+            state |= {f"plan.{step}.{i}": v for i, v in enumerate(entry)}
         return state
 
     def load_extra_state(self, tensors: dict[str, torch.Tensor]) -> None:
         self.cache = {int(k.split(".")[1]): (v, tensors[f"cache_prompts.{k.split('.')[1]}"])
                       for k, v in tensors.items() if k.startswith("cache.")}
         self.cache_born = int(tensors["cache_born"])
+        steps = {int(k.split(".")[1]) for k in tensors if k.startswith("plan.")}
+        self.planned_targets = {s: tuple(tensors[f"plan.{s}.{i}"] for i in range(5)) for s in sorted(steps)}
 
 
 for _variant in ("esd-x", "esd-u", "esd-all", "esd-x-strict"):

@@ -36,6 +36,10 @@ class World:
     # the sampler the discrete attack generates with by default (erasure/eval/asr.py SAMPLERS):
     # "pipeline" keeps the model's own scheduler
     attack_sampler: str = "pipeline"
+    # the before/after grid `erasure train` draws (erasure/eval/before_after.py): (prompts, None for
+    # every comparison prompt; images per prompt). 2 x 1 by default: a full-size model's image is
+    # 50 calls of an 860M-parameter UNet
+    comparison_size: tuple[int | None, int] = (2, 1)
 
     # ------------------------------------------------------------------ concepts
     def canonical(self, concept: str) -> str | None:

@@ -83,6 +83,9 @@ class MiniWorld(World):
     description = "MiniSD: 6 objects x 6 colours x 4 styles, judged by the bundled classifier"
     captions = True
     prompts_dir = PROMPTS_DIR  # held-out evaluation sets: never a training prompt
+    # the before/after grid (erasure/eval/before_after.py): every comparison prompt (None), one
+    # seed each: 6 images per model, about 4 s on a 2-core CPU
+    comparison_size = (None, 1)
 
     # ------------------------------------------------------------------ concepts
     def canonical(self, concept: str) -> str | None:
