@@ -86,9 +86,9 @@ def main() -> None:
         grid = first(lines, r"^comparison grid:")
         refreshes = [t for t, line in lines if "checkpoint:" in line]
         phases = [("start-up (imports, load, setup)", 0.0, bar or 0.0),
-                  ("training (400 steps, checkpoints)", bar or 0.0, grid or wall),
+                  ("training (with its checkpoints)", bar or 0.0, grid or wall),
                   ("comparison grid", grid or wall, wall)]
-        print(f"\n| phase | wall s |\n|---|---|")
+        print("\n| phase | wall s |\n|---|---|")
         for name, a, b in phases:
             print(f"| {name} | {b - a:.1f} |")
         print(f"| total | {wall:.1f} |\n\nCPU time of the command: {cpu:.1f} s (user + system; {cpu / wall:.2f} cores "

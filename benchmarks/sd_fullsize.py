@@ -35,6 +35,7 @@ and seconds per iteration of two steps at 512 px in bf16 with the defaults, besi
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -185,6 +186,11 @@ def cpu_run(method: str, model: Path, out: Path) -> dict:
     erasure = out / method
     trainer.train(erasure, callback=on_step)
     train_s = time.perf_counter() - t0
+    trained = {"trained_tensors": len(trainer.trainable),
+               "trained_params": sum(p.numel() for p in trainer.trainable.values()),
+               "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+    del trainer  # the chain's processes each load the model: this one must not hold its own (20 GiB for ESD-u)
+    gc.collect()
     log = out / f"{method}.log"
     log.write_text("")
     chain = {}
@@ -211,10 +217,7 @@ def cpu_run(method: str, model: Path, out: Path) -> dict:
     evaluation = json.loads((out / f"{method}-eval.json").read_text())
     return {"method": method, "concept": cfg.concept, "cheap": cheap, "setup_s": round(t_setup, 1),
             "train_s": round(train_s, 1), "cpu_s_per_step": round(sum(step_times) / len(step_times), 1),
-            "losses": losses, "trained_tensors": len(trainer.trainable),
-            "trained_params": sum(p.numel() for p in trainer.trainable.values()),
-            "delta_mb": round((erasure / WEIGHTS_NAME).stat().st_size / 1e6, 1),
-            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+            "losses": losses, **trained, "delta_mb": round((erasure / WEIGHTS_NAME).stat().st_size / 1e6, 1),
             "chain": chain, "eval_summary": evaluation.get("summary"),
             "attack_summary": {k: v for k, v in attack.items() if k in ("asr", "pre_asr", "n", "summary")}}
 
@@ -284,6 +287,8 @@ def estimated_run(method: str, model: Path, sample_size: int) -> dict:
 # ----------------------------------------------------------------------------- driver
 def in_subprocess(task: str, method: str, args: argparse.Namespace, env: dict | None = None) -> dict:
     path = args.out / f"{task}-{method}.json"
+    if args.reuse and task == "estimate" and path.exists():
+        return json.loads(path.read_text())
     path.unlink(missing_ok=True)
     cmd = [sys.executable, __file__, "--task", task, "--one", method, "--model", str(args.model), "--out", str(args.out),
            "--resolution", str(args.resolution)]
@@ -322,6 +327,7 @@ def main() -> None:
     p.add_argument("--estimate-only", action="store_true", help="skip the CPU (or CUDA) runs")
     p.add_argument("--validate", default="", help="methods whose estimate is checked against a measured CPU run")
     p.add_argument("--json", type=Path, default=None, help="write the table's rows here")
+    p.add_argument("--reuse", action="store_true", help="reuse the estimates already in --out")
     p.add_argument("--task", help=argparse.SUPPRESS)
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -161,7 +161,7 @@ def test_erase_settings_are_checked_before_queueing(demo):
     with pytest.raises(UserError, match="training steps must be a whole number from 1 to 50"):
         demo.submit("circle", "esd-x", steps=400)
     with pytest.raises(UserError, match="over this demo's 50"):
-        demo.submit("circle", "esd-x")  # MiniSD's ESD-x default is 400 steps
+        demo.submit("circle", "esd-x")  # MiniSD's ESD-x default is 300 steps
     with pytest.raises(UserError, match="not a plain folder name"):
         demo.submit("circle", "esd-x", steps=2, name="../up")
     assert demo.queue.jobs == []

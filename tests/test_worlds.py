@@ -68,8 +68,8 @@ def test_the_minisd_world_knows_its_concepts():
 
 def test_configs_take_their_worlds_defaults_under_what_the_user_sets(tiny_sd_dir, tiny_mini_dir):
     on = lambda model, **kw: EraseConfig.from_dict({"method": "esd-x", "concept": "circle", "base_model": str(model), **kw})  # noqa: E731
-    assert (on("minisd").steps, on("minisd").lr, on("minisd").baseline) == (400, 5e-4, "siblings")
-    assert (on(tiny_mini_dir).steps, on(tiny_mini_dir).baseline) == (400, "siblings")  # the world, not the name
+    assert (on("minisd").steps, on("minisd").lr, on("minisd").baseline) == (300, 5e-4, "siblings")
+    assert (on(tiny_mini_dir).steps, on(tiny_mini_dir).baseline) == (300, "siblings")  # the world, not the name
     assert (on(tiny_sd_dir).steps, on(tiny_sd_dir).lr, on(tiny_sd_dir).baseline) == (1000, 1e-5, "empty")  # the paper's
     assert on("minisd", steps=7).steps == 7  # what the user set wins
     salun = lambda concept: EraseConfig.from_dict({"method": "salun", "concept": concept, "base_model": str(tiny_sd_dir)})  # noqa: E731
