@@ -69,6 +69,9 @@ METHOD_LEVERS = {"salun": {"saliency_device": "cpu"}}
 # settings that only change a loop's length, lowered for the estimate (not its peak)
 LOOP_ONLY = {"salun": lambda cfg: {"n_forget": cfg.batch_size, "n_retain": cfg.batch_size},
              "doco": lambda cfg: {"n_anchor": max(cfg.batch_size, 2)}}
+# the estimate's two steps are of the main phase, where the peak is: DoCo's first 1000 steps train
+# its discriminator alone, AdvUnlearn's first 200 skip the inner attack
+MAIN_PHASE = {"doco": {"disc_warmup": 0}, "advunlearn": {"attack_warmup": 0}}
 # what makes two CPU optimizer steps cheap, per method; everything else is its SD default + recipe
 CHEAP = {
     "esd-x": {"ddim_steps": 4, "trajectory_batch": 1},
@@ -126,14 +129,15 @@ def estimate_method(method: str, model: Path, levers: bool, sample_size: int = 6
 
     cfg = EraseConfig.from_dict({"method": method, "concept": CONCEPT[method], "base_model": str(model)})
     loop = LOOP_ONLY.get(method, lambda c: {})(cfg)
-    settings = {"method": method, "concept": CONCEPT[method], "steps": 2, "checkpoint_every": 0, "dtype": dtype, **loop}
+    settings = {"method": method, "concept": CONCEPT[method], "checkpoint_every": 0, "dtype": dtype, **loop,
+                **MAIN_PHASE.get(method, {})}
     if method == "sfd":
         settings["generator"] = "teacher"  # where G starts does not change what is allocated
     if levers:
         settings |= LEVERS | METHOD_LEVERS.get(method, {})
     t0 = time.perf_counter()
     est = estimate_training(settings, model, sample_size=sample_size, plan_device=plan_device)
-    return {**est.as_dict(), "loop_only": loop, "levers": levers, "estimate_s": round(time.perf_counter() - t0, 1)}
+    return {**est.as_dict(), "loop_only": loop, "main_phase": MAIN_PHASE.get(method, {}), "levers": levers, "estimate_s": round(time.perf_counter() - t0, 1)}
 
 
 def estimate_attack(model: Path, attack_batch: int, levers: bool, sample_size: int = 64) -> dict:
@@ -287,7 +291,7 @@ def estimated_run(method: str, model: Path, sample_size: int) -> dict:
 # ----------------------------------------------------------------------------- driver
 def in_subprocess(task: str, method: str, args: argparse.Namespace, env: dict | None = None) -> dict:
     path = args.out / f"{task}-{method}.json"
-    if args.reuse and task == "estimate" and path.exists():
+    if args.reuse and path.exists():
         return json.loads(path.read_text())
     path.unlink(missing_ok=True)
     cmd = [sys.executable, __file__, "--task", task, "--one", method, "--model", str(args.model), "--out", str(args.out),
@@ -327,7 +331,7 @@ def main() -> None:
     p.add_argument("--estimate-only", action="store_true", help="skip the CPU (or CUDA) runs")
     p.add_argument("--validate", default="", help="methods whose estimate is checked against a measured CPU run")
     p.add_argument("--json", type=Path, default=None, help="write the table's rows here")
-    p.add_argument("--reuse", action="store_true", help="reuse the estimates already in --out")
+    p.add_argument("--reuse", action="store_true", help="reuse the results of tasks already in --out")
     p.add_argument("--task", help=argparse.SUPPRESS)
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -353,7 +357,11 @@ def main() -> None:
             row["trained_params"] = trained
             if trained:
                 row["delta_mb"] = round(trained * 4 / 1e6, 1)  # fp32 base: 4 bytes per changed weight
-        if not args.estimate_only and method != "attack":
+        cached = args.out / f"{'cuda' if on_cuda else 'cpu'}-{method}.json"
+        if args.estimate_only and args.reuse and cached.exists():  # a run made before
+            run = json.loads(cached.read_text())
+            row.update(run=run, cpu_s_per_step=run.get("cpu_s_per_step"), delta_mb=run.get("delta_mb", row["delta_mb"]))
+        elif not args.estimate_only and method != "attack":
             print(f"== {method}: two optimizer steps on {'CUDA' if on_cuda else 'the CPU'}, end to end", flush=True)
             run = in_subprocess("cuda" if on_cuda else "cpu", method, args)
             row["run"] = run
@@ -374,6 +382,10 @@ def main() -> None:
         old = json.loads(args.json.read_text())
         old = old if isinstance(old, dict) else {}
         ran, checked = {r["method"] for r in rows}, {v["method"] for v in validation}
+        for r in rows:  # an estimate-only rerun keeps the method's earlier CPU run
+            before = next((o for o in old.get("rows", []) if o["method"] == r["method"]), {})
+            if "run" not in r and "run" in before:
+                r.update({k: before[k] for k in ("run", "cpu_s_per_step", "delta_mb") if k in before})
         rows = [r for r in old.get("rows", []) if r["method"] not in ran] + rows
         rows.sort(key=lambda r: METHODS.index(r["method"]) if r["method"] in METHODS else len(METHODS))
         validation = [v for v in old.get("validation", []) if v["method"] not in checked] + validation

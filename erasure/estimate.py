@@ -13,7 +13,8 @@ the RNG's draws, the scheduler's tables, self-generated latents until a batch is
 What a fake tensor cannot do is replaced, and only that: the base hash and the on-disk caches
 read values (a constant hash, SalUn's mask computed but not cached, self-generated images as
 zero latents of the right shape, since their values do not change what is allocated), a number
-read back for a log (`.item()`, `float()`) is 0.0, and the loss is not checked for NaN. The memory plan is the one the trainer
+read back for a log (`.item()`, `float()`) is 0.0, a NaN guard's `torch.isfinite` is true. A
+method whose control flow reads a value cannot be estimated; ours branch with `torch.where`. The memory plan is the one the trainer
 would make on the accelerator (`plan_device`, default "cuda"): the estimate is run on the CPU
 with bf16 as on CUDA.
 
@@ -148,6 +149,10 @@ def fake_friendly(plan_device: str):
     # a loss read back for the progress bar or a log (`.item()`, `float()`) reads 0.0
     saved += [(FakeTensor, "item", FakeTensor.item), (FakeTensor, "__float__", FakeTensor.__float__)]
     FakeTensor.item = FakeTensor.__float__ = lambda self: 0.0
+    # a NaN guard (`if not torch.isfinite(loss)`) passes: a fake value is finite
+    isfinite = torch.isfinite
+    saved.append((torch, "isfinite", isfinite))
+    torch.isfinite = lambda t, *a, **k: torch.tensor(True) if isinstance(t, FakeTensor) else isfinite(t, *a, **k)
     plan = getattr(base, "memory_plan", None)
     if plan is not None:
         saved.append((base, "memory_plan", plan))

@@ -152,9 +152,19 @@ class Trainer:
         (--optimizer; erasure/memory.py)."""
         return make_adam(self.plan.optimizer, params, lr, betas, eps, weight_decay, self.device.type)
 
+    @staticmethod
+    def copy_module(module: torch.nn.Module) -> torch.nn.Module:
+        """copy.deepcopy of `module` whose weights and buffers are cloned by an operation, not by
+        Tensor.__deepcopy__ (which reads a fake tensor's data pointer: the memory estimate's)."""
+        memo: dict = {}
+        for t in [*module.parameters(), *module.buffers()]:
+            clone = t.detach().clone()
+            memo[id(t)] = torch.nn.Parameter(clone, requires_grad=t.requires_grad) if isinstance(t, torch.nn.Parameter) else clone
+        return copy.deepcopy(module, memo)
+
     def frozen_copy(self, module: torch.nn.Module, dtype: torch.dtype | None = None) -> torch.nn.Module:
         """A no-grad copy of `module` as it is now (the original model θ*)."""
-        frozen = copy.deepcopy(module).requires_grad_(False).eval()
+        frozen = self.copy_module(module).requires_grad_(False).eval()
         dtype = dtype or (torch.bfloat16 if self.use_bf16 else None)
         if dtype is not None:  # Module.to(dtype)'s cast, by .data (so fake tensors of a memory estimate cast too)
             for p in frozen.parameters():

@@ -200,12 +200,13 @@ def project_conflict(g_adv: torch.Tensor, g_ret: torch.Tensor, mode: str, scale:
     if mode == "reference":
         unit_ret = g_ret / (torch.linalg.vector_norm(g_ret) + 1e-8)
         cos = (g_adv / (torch.linalg.vector_norm(g_adv) + 1e-8) * unit_ret).sum()
-        return g_adv - scale * cos * unit_ret if cos < 0 else g_adv
-    dot = (g_adv * g_ret).sum()
-    if mode == "none" or dot >= 0:
+        # torch.where, not `if cos < 0`: no device-to-host sync per tensor, the same numbers
+        return torch.where(cos < 0, g_adv - scale * cos * unit_ret, g_adv)
+    if mode == "none":
         return g_adv
+    dot = (g_adv * g_ret).sum()
     ret_norm2 = (g_ret * g_ret).sum().clamp_min(1e-30)
-    return g_adv - dot / ret_norm2 * g_ret
+    return torch.where(dot < 0, g_adv - dot / ret_norm2 * g_ret, g_adv)
 
 
 def clip_global_norm(grads: list[torch.Tensor], max_norm: float = 1.0) -> list[torch.Tensor]:

@@ -121,7 +121,6 @@ Where we differ, deliberately:
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from dataclasses import dataclass
@@ -288,7 +287,7 @@ class SFDTrainer(Trainer):
             raise UserError(f"SFD's generator is the UNet; --target {cfg.target} trains other weights (use --target unet)")
 
         self.teacher = self.frozen_copy(self.unet)                 # eps*: never trained
-        self.fake = copy.deepcopy(self.unet).float().requires_grad_(False)  # eps_psi: trained in its own update
+        self.fake = self.copy_module(self.unet).float().requires_grad_(False)  # eps_psi: trained in its own update
         self.fake_optimizer = self.fake_adam()
         self.start_generator()  # G: the distilled one-step generator (teacher and fake net stay the base)
         if self.plan.gradient_checkpointing:  # G's backward passes through all three
@@ -543,7 +542,7 @@ class SFDTrainer(Trainer):
         cfg: SFDConfig = self.config
         stage_two = (self.generator, self.fake, self.fake_optimizer)
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.fake = copy.deepcopy(self.fake)
+        self.fake = self.copy_module(self.fake)
         self.fake_optimizer = self.fake_adam()
         optimizer = self.make_optimizer()
         ema = {k: p.detach().clone() for k, p in self.trainable.items()} if cfg.ema else None
