@@ -18,8 +18,7 @@ method whose control flow reads a value cannot be estimated; ours branch with `t
 would make on the accelerator (`plan_device`, default "cuda"): the estimate is run on the CPU
 with bf16 as on CUDA.
 
-Not counted: the CUDA context and library workspaces (cuBLAS, cuDNN: about 0.5-1 GiB,
-`ACCELERATOR_OVERHEAD_GIB`) and the caching allocator's fragmentation (a few percent; measured
+Not counted: the CUDA context and library workspaces (cuBLAS, cuDNN: about 0.5-1 GiB) and the caching allocator's fragmentation (a few percent; measured
 on a GPU by benchmarks/sd_fullsize.py). The estimate is validated against a measured run on
 the CPU (`validate` in benchmarks/sd_fullsize.py: peak resident memory of a real run at a small
 resolution, same settings, fp32).
@@ -41,7 +40,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 GIB = 2 ** 30
-ACCELERATOR_OVERHEAD_GIB = 0.75  # CUDA context + cuBLAS/cuDNN workspaces, typical on an 80-series card
 
 
 class LiveBytes(TorchDispatchMode):

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, parse_bool
 
 BIG_UNET_PARAMS = 300_000_000
 OPTIMIZERS = ("adam", "adam8bit", "adam-offload")
@@ -61,7 +61,7 @@ def memory_plan(config, device_type: str, unet_params: int) -> MemoryPlan:
     saliency = getattr(config, "saliency_device", "auto")
     return MemoryPlan(
         gradient_checkpointing=big if checkpointing == "auto" else checkpointing == "true",
-        # the papers' Adam everywhere for now: the one place this default would change
+        # the papers' Adam: this is the one place the default is decided
         optimizer="adam" if optimizer == "auto" else optimizer,
         saliency_device=("cpu" if big and device_type == "cuda" else "device") if saliency == "auto" else saliency,
     )
@@ -69,7 +69,6 @@ def memory_plan(config, device_type: str, unet_params: int) -> MemoryPlan:
 
 def checkpointing_word(value, name: str = "gradient_checkpointing") -> str:
     """auto / true / false from a setting's value (a bool, or a CLI word: yes, on, 0, ...)."""
-    from .errors import parse_bool
     if isinstance(value, bool):
         return "true" if value else "false"
     word = str(value).strip().lower()
