@@ -83,6 +83,10 @@ CHEAP = {
     # the model's own UNet as the starting one-step generator (exercises the --generator loader)
     "sfd": {"generator": "{model}", "batch_size": 1},
 }
+# what makes a CPU run fit in a 24 GiB machine, per method (printed with the run): SFD's defaults
+# keep fp32 Adam states for two full UNets (4 x 3.4 GB) beside three UNets' weights, 23.3 GiB at
+# step 2 on this machine (killed for memory); 8-bit states (bitsandbytes, CPU) free ~10 GB
+CPU_FIT = {"sfd": {"optimizer": "adam8bit"}}
 ATTACK_CHEAP = ["--concept", "nudity", "--limit", "1", "--timesteps", "1", "--iterations", "2"]
 
 
@@ -170,6 +174,7 @@ def cpu_run(method: str, model: Path, out: Path) -> dict:
     from erasure.registry import get_method
 
     cheap = {k: v.format(model=model) if isinstance(v, str) else v for k, v in CHEAP[method].items()}
+    cheap |= CPU_FIT.get(method, {})
     settings = {"method": method, "concept": CONCEPT[method], "base_model": str(model), "steps": 2,
                 "checkpoint_every": 0, "device": "cpu", **cheap}
     cfg = EraseConfig.from_dict(settings)
