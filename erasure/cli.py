@@ -80,7 +80,8 @@ def cmd_eval(args) -> int:
                         reference=args.reference, inception_weights=args.inception_weights,
                         attack_budget=args.attack_budget, seed=args.seed,
                         sampling=_sampling_flags(args),  # under each model's own
-                        device=None if args.device == "auto" else args.device)
+                        device=None if args.device == "auto" else args.device,
+                        batch_size=_positive("batch-size", args.batch_size))
     for line in lines:
         print(line)
     return 0
@@ -196,6 +197,8 @@ def cmd_train(args) -> int:
         raise UserError(f"{out} already holds an erasure; choose a new --out or delete it")
     trainer = get_method(config.method).trainer_cls(config)
     trainer.train(out, resume=args.resume)
+    if trainer.rank != 0:  # data parallel: the main process wrote the erasure and draws the grid
+        return 0
     from .eval.before_after import release
 
     device = release(trainer)
@@ -282,6 +285,8 @@ def cmd_attack(args) -> int:
                                device=None if args.device == "auto" else args.device, sampler=args.sampler,
                                attack_batch=_positive("attack-batch", args.attack_batch), dtype=args.dtype,
                                gradient_checkpointing=args.gradient_checkpointing)
+    if report is None:  # a launcher's other process: the main one reports
+        return 0
     s = report["summary"]
     print(f"pre-ASR {s['pre_asr']:.3f}  ASR {s['asr']:.3f}  over {s['n_prompts']} prompts "
           f"({report['protocol']['judge']}) -> {args.json}")
@@ -329,6 +334,8 @@ def cmd_bench(args) -> int:
                              nudenet_threshold=args.nudenet_threshold, inception_weights=args.inception_weights,
                              suites=split(args.suites), command=shlex.join(["erasure", *args.argv]))
     results = run_bench(settings)
+    if results is None:  # a launcher's other process: the main one reports
+        return 0
     print(results["ranking"]["verdict"])
     print(f"results: {Path(args.out) / 'results.json'}  report: {Path(args.out) / 'report.html'}")
     return 0
@@ -371,6 +378,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     e.add_argument("--out", default=None, help="folder for report.html, results.json and the image cache")
     e.add_argument("--cache", default=None, help="image cache folder (default: OUT/cache, else ~/.cache/erasure/images)")
     e.add_argument("--grid", default=None, help="optional PNG grid of every image, one row per prompt")
+    e.add_argument("--batch-size", type=int, default=32, help="images generated together (memory grows with it); "
+                   "under a launcher, batches are dealt between processes")
     e.add_argument("--nudenet-threshold", type=float, default=None, help=f"NudeNet score threshold (default {NUDENET_THRESHOLD})")
     e.add_argument("--clip-model", default=None, help="local CLIP folder for clip_score")
     e.add_argument("--reference", default=None, help="reference image folder for fid/kid")

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .. import distributed
 from ..errors import UserError
 from ..files import write_json
 from ..model_ref import ModelRef, resolve
@@ -146,12 +147,17 @@ class Bench:
         self.sets: dict[str, dict] = {}
 
     # ------------------------------------------------------------------ the run
-    def run(self) -> dict:
+    def run(self) -> dict | None:
         self.model, protocols = check_settings(self.s)
         self.out.mkdir(parents=True, exist_ok=True)
-        if not (self.out / "bench.json").exists():
+        if not (self.out / "bench.json").exists() and distributed.is_main():
             write_json(self.out / "bench.json", {"format": FORMAT, "erasure_version": __version__,
                                                  "identity": self.s.identity(self.model)})
+        if distributed.processes() > 1:
+            self.run_shares(protocols)
+            if not distributed.is_main():
+                return None
+        # one process, or the main one after the shares: every piece is computed, or read back from OUT
         for concept, proto in zip(self.s.concepts, protocols):
             self.protocols[concept] = proto
             self.sets[concept] = self.prepare(concept, proto)
@@ -167,6 +173,23 @@ class Bench:
         report = write_bench_report(self.out / "report.html", results, self.out)
         self.log(f"[bench] report: {report}")
         return results
+
+    def run_shares(self, protocols: list) -> None:
+        """Several processes: this process's units, dealt round-robin, each computed alone into
+        its cached pieces: first each concept's prompt sets and base model, then each (method,
+        concept) pair's training and measurements (which read the base's pieces)."""
+        units = list(zip(self.s.concepts, protocols))
+        for concept, proto in distributed.deal(units):
+            self.protocols[concept] = proto
+            self.sets[concept] = self.prepare(concept, proto)
+            self.measure(BASE, self.model, concept)
+        distributed.wait()
+        for concept, proto in units:  # every concept's prompt sets, read back
+            self.protocols[concept] = proto
+            self.sets[concept] = self.prepare(concept, proto)  # cached: read back (atomic files)
+        for method, concept in distributed.deal([(m, c) for c in self.s.concepts for m in self.s.methods]):
+            self.measure(method, resolve(train_erasure(self.s, method, concept, self.log, data_parallel=False)), concept)
+        distributed.wait()
 
     def prepare(self, concept: str, proto) -> dict:
         """The concept's prompt sets, the Ring-A-Bell prompts (base text encoder) and the user's file."""
@@ -231,7 +254,7 @@ class Bench:
         overrides = self._overrides(model)
         result, _, rows = evaluate(model, pset.suite(), self.out / "cache", seed=self.s.seed,
                                    metric_settings=pset.settings, sampling=overrides, device=self.device,
-                                   make=lazy.make)
+                                   make=lazy.make, split=False)
         result["images"] = ["cache/" + f for f in result.pop("image_files")]
         result["prompt_file"] = str(pset.path)
         for metric in result["metrics"].values():  # per-prompt means are kept; per-image lists only when small
@@ -283,7 +306,7 @@ class Bench:
         cfg = DiscreteAttackConfig(timesteps=b.attack_timesteps, iterations=b.attack_iterations, seed=self.s.seed)
         report = run_attack(model, concept, self.sets[concept]["target"].rows(), folder / "attack-discrete.partial.json",
                             cfg, seed=self.s.seed, sampling=self._overrides(model), device=self.device,
-                            limit=b.attack_prompts, judge=proto.judge(), attack_batch=b.attack_batch,
+                            limit=b.attack_prompts, judge=proto.judge(), attack_batch=b.attack_batch, split=False,
                             **({"threshold": self.s.nudenet_threshold} if self.s.nudenet_threshold else {}))
         (folder / "attack-discrete.partial.json").unlink(missing_ok=True)
         return report
@@ -335,7 +358,7 @@ class Bench:
         from ..eval.suites import load_suite
         suite = load_suite(name)
         result, _, _ = evaluate(model, suite, self.out / "cache", seed=self.s.seed, sampling=self._overrides(model),
-                                device=self.device, make=lazy.make)
+                                device=self.device, make=lazy.make, split=False)
         return {"suite": name, "summary": result["summary"],
                 "protocol": {k: v.get("protocol") for k, v in result["metrics"].items()}}
 
@@ -426,6 +449,7 @@ class Bench:
         return out
 
 
-def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> dict:
-    """Run (or resume) a benchmark; returns results.json's content."""
+def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> dict | None:
+    """Run (or resume) a benchmark; returns results.json's content (under a launcher: on the main
+    process; the others return None once their share is done)."""
     return Bench(settings, log).run()

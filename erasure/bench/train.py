@@ -69,8 +69,10 @@ def peak_memory(device: torch.device) -> Iterator[dict]:
     out.update(peak_memory_mb=(peak - (before or 0)) / 2**20, process_peak_mb=peak / 2**20, memory_rule=rule)
 
 
-def train_erasure(settings: BenchSettings, method: str, concept: str, log: Callable[[str], None] = print) -> Path:
-    """Train (or reuse) one erasure: OUT/erasures/<method>/<concept>/ (see the module docstring)."""
+def train_erasure(settings: BenchSettings, method: str, concept: str, log: Callable[[str], None] = print,
+                  data_parallel: bool | None = None) -> Path:
+    """Train (or reuse) one erasure: OUT/erasures/<method>/<concept>/ (see the module docstring).
+    `data_parallel=False`: in this process alone, under a launcher too (the Trainer's setting)."""
     from ..erasure_files import is_erasure_dir, read_manifest
     from ..pipelines.loading import pick_device
     from ..registry import get_method
@@ -102,7 +104,7 @@ def train_erasure(settings: BenchSettings, method: str, concept: str, log: Calla
     device = pick_device(config.device)
     try:
         with peak_memory(device) as memory:
-            trainer = get_method(method).trainer_cls(config, cache_dir=cache)
+            trainer = get_method(method).trainer_cls(config, cache_dir=cache, data_parallel=data_parallel)
             trainer.train(partial, resume=resume, callback=progress)
         seconds = prior + time.perf_counter() - start
         del trainer

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -59,6 +60,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..attacks.discrete import DiscreteAttackConfig, discrete_attack_batch
 from ..errors import UserError
 from ..files import write_json
@@ -138,7 +140,7 @@ def run_attack(model: str | os.PathLike | ModelRef, concept: str, rows: list[Row
                device: str | None = None, threshold: float | None = None, limit: int | None = None,
                judge: tuple[Callable[[torch.Tensor], list[bool]], str] | None = None, attack_batch: int = 8,
                sampler: str | None = None, dtype: str = "auto",
-               gradient_checkpointing: bool | str | None = None) -> dict:
+               gradient_checkpointing: bool | str | None = None, split: bool = True) -> dict | None:
     """Attack the target prompts among `rows` (the first `limit` of them) and report ASR.
     `judge` = (judge(images) -> shows the concept per image, description) replaces the world's
     judge of the concept (threshold: NudeNet's, default erasure.judges.nudenet.DEFAULT_THRESHOLD),
@@ -149,7 +151,11 @@ def run_attack(model: str | os.PathLike | ModelRef, concept: str, rows: list[Row
     `sampler` (SAMPLERS) draws every image; default: the world's (`World.attack_sampler`).
     `dtype` ("auto", "float32", "bfloat16") and `gradient_checkpointing` (True/False, or the
     words auto/true/false; None or "auto": by UNet size, erasure.memory.is_big): the memory
-    levers of the module docstring."""
+    levers of the module docstring.
+    Several processes (a launcher) with `split`: the batches of prompts to attack are dealt
+    round-robin (each attacked as one process attacks it); each process writes what it has done
+    to `<json_out>.parts/rank-R.json` as it goes, which a rerun reads back whatever its process
+    count; the main process writes the JSON and returns the report, the others return None."""
     from ..pipelines import load_pipeline
     from ..pipelines.loading import pick_device
 
@@ -173,11 +179,17 @@ def run_attack(model: str | os.PathLike | ModelRef, concept: str, rows: list[Row
     base_sampling = default_sampling(ref.base_path) if one_step else sampling
     settings = {"model": str(ref), "concept": concept, "attack": asdict(attack), "seed": seed, "sampling": sampling,
                 "sampler": sampler, "judge": judge_desc, "dtype": str(torch_dtype).removeprefix("torch.")}
+    split = split and distributed.processes() > 1
+    parts = Path(f"{json_out}.parts") if json_out else None
     done: dict[str, dict] = {}
-    if json_out and Path(json_out).exists():
-        old = json.loads(Path(json_out).read_text())
-        if old.get("settings") == settings:
-            done = {r["prompt"] + f"#{r['seed']}": r for r in old.get("per_prompt", [])}
+    earlier = ([Path(json_out)] if json_out else []) + (sorted(parts.glob("rank-*.json")) if parts and parts.is_dir() else [])
+    for path in earlier:  # the finished JSON, and what each process of an interrupted split run had done
+        if path.exists():
+            old = json.loads(path.read_text())
+            if old.get("settings") == settings:
+                done |= {r["prompt"] + f"#{r['seed']}": r for r in old.get("per_prompt", [])}
+    if split:
+        distributed.wait()  # every process has read the same files before any writes its part
 
     pipe = load_pipeline(ref, device=device, dtype=torch_dtype)
     base = load_pipeline(ref.base_path, device=device, dtype=torch_dtype) if ref.base_path != ref.path else pipe
@@ -222,14 +234,22 @@ def run_attack(model: str | os.PathLike | ModelRef, concept: str, rows: list[Row
         else:
             todo.append((key, row.prompt, s, g))
 
+    batches = [todo[start:start + attack_batch] for start in range(0, len(todo), attack_batch)]
+    mine = distributed.deal(batches) if split else batches
+    mine_keys = [key for batch in mine for key, *_ in batch]
+
     def save() -> None:
-        if json_out:
+        if json_out and split:  # this process's part; the main process merges them at the end
+            write_json(parts / f"rank-{distributed.rank()}.json",
+                       {"settings": settings, "per_prompt": [entries[k] for k in mine_keys if k in entries]})
+        elif json_out:
             results = [entries[k] for k in order if k in entries]
             write_json(json_out, {"settings": settings, "summary": asr_summary(results), "per_prompt": results})
 
-    bar = tqdm(total=len(order), initial=len(entries), desc=f"attack '{concept}'", dynamic_ncols=True)
-    for start in range(0, len(todo), attack_batch):
-        keys, prompts, seeds, guidances = map(list, zip(*todo[start:start + attack_batch]))
+    initial = len(entries) if not split else 0
+    bar = tqdm(total=initial + len(mine_keys), initial=initial, desc=f"attack '{concept}'", dynamic_ncols=True)
+    for batch in mine:
+        keys, prompts, seeds, guidances = map(list, zip(*batch))
         pre = judge(draw(pipe, prompts, seeds, guidances).float().cpu())
         for key, prompt, s, g, seen in zip(keys, prompts, seeds, guidances, pre):
             entries[key] = {"prompt": prompt, "seed": s, "guidance": g, "pre_success": bool(seen), "success": bool(seen),
@@ -251,6 +271,12 @@ def run_attack(model: str | os.PathLike | ModelRef, concept: str, rows: list[Row
         save()
         bar.update(len(keys))
     bar.close()
+    if split:  # every process's new results, merged
+        for part in distributed.gather_json({k: entries[k] for k in mine_keys}):
+            entries |= part
+        if not distributed.is_main():
+            distributed.wait()  # until the main process has written the JSON
+            return None
     results = [entries[k] for k in order]
     report = {"settings": settings, "summary": asr_summary(results), "per_prompt": results,
               "protocol": {"judge": judge_desc, "success": "the judge sees the concept in the attacked model's image "
@@ -261,6 +287,10 @@ def run_attack(model: str | os.PathLike | ModelRef, concept: str, rows: list[Row
                          "gradient_checkpointing": checkpointing}}
     if json_out:
         write_json(json_out, report)
+    if split:
+        if parts is not None:
+            shutil.rmtree(parts, ignore_errors=True)  # merged into json_out
+        distributed.wait()
     return report
 
 
@@ -268,7 +298,7 @@ def attack_prompt_set(model: str | os.PathLike | ModelRef, json_out: str | Path 
                       concept: str | None = None, suite: str | None = None, prompts: str | Path | None = None,
                       seed: int = 0, device: str | None = None, limit: int | None = None,
                       sampler: str | None = None, attack_batch: int = 8, dtype: str = "auto",
-                      gradient_checkpointing: bool | str | None = None) -> dict:
+                      gradient_checkpointing: bool | str | None = None) -> dict | None:
     """`erasure attack`: the ASR of `model` over a shipped suite or a prompt CSV (exactly one),
     for `concept` (default: the concept the erasure erased), images drawn with `sampler`
     (default: the world's reference), `attack_batch` prompts at a time in `dtype` (run_attack's

@@ -5,13 +5,16 @@ the suite when asked, and write the JSON and the report.
     result, lines = run_eval("out/no-circle", suite="mini-objects", json_out="r.json")
 
 Arguments are plain values (what the CLI's flags hold); nothing is printed: `lines` are what
-the CLI prints.
+the CLI prints. Under a launcher (`accelerate launch -m erasure eval ...`) every process makes
+its share of the images and of the attacked prompts; the main process scores and writes, and
+returns the result; the others return (None, []).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from .. import distributed
 from ..errors import UserError
 from ..files import write_json
 from ..images import grid as image_grid, save_png
@@ -57,7 +60,8 @@ def run_eval(model: str | os.PathLike | ModelRef, cache: str | Path, *, suite: s
              json_out: str | Path | None = None, out: str | Path | None = None, grid: str | Path | None = None,
              nudenet_threshold: float | None = None, clip_model: str | None = None, reference: str | None = None,
              inception_weights: str | None = None, attack_budget: float = 1.0, seed: int = 0,
-             sampling: dict | None = None, device: str | None = None) -> tuple[dict, list[str]]:
+             sampling: dict | None = None, device: str | None = None, batch_size: int = 32
+             ) -> tuple[dict | None, list[str]]:
     """Evaluate `model` (and `compare`, a base to report beside it) on a suite or a prompt CSV;
     images are cached under `cache`. Writes `json_out`, and under `out` results.json, report.html
     and the ASR JSONs; `grid` is a PNG of every image of the model. `sampling` (steps, guidance)
@@ -80,7 +84,7 @@ def run_eval(model: str | os.PathLike | ModelRef, cache: str | Path, *, suite: s
         world.concept_judge(concept)  # an unknown concept fails before any image is generated
         chosen.metrics = [m for m in chosen.metrics if m != "asr"]
     runs = [evaluate(m, chosen, Path(cache), seed=seed, limit=limit, metric_settings=settings, sampling=sampling,
-                     device=device) for m in models]
+                     device=device, batch_size=batch_size) for m in models]
     if with_asr:
         from ..attacks.discrete import DiscreteAttackConfig
         from .asr import run_attack
@@ -89,8 +93,12 @@ def run_eval(model: str | os.PathLike | ModelRef, cache: str | Path, *, suite: s
         for m, label, (res, _, _) in zip(models, labels, runs):
             asr_json = Path(out) / f"asr-{label}.json" if out else None
             rep = run_attack(m, concept, rows, asr_json, attack, seed=seed, device=device)
+            if res is None:  # not the main process: its share of the attack is done
+                continue
             res["metrics"]["asr"] = {"summary": rep["summary"], "protocol": rep["protocol"], "per_prompt": rep["per_prompt"]}
             res["summary"].update(pre_asr=rep["summary"]["pre_asr"], asr=rep["summary"]["asr"])
+    if not distributed.is_main():
+        return None, []
     result = runs[0][0]
     lines = []
     if compare_ref is not None:

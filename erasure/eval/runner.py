@@ -5,8 +5,10 @@ Image k of row i uses seed `row.seed + k` (the public sets give a seed per row) 
 `seed + 1000 * i + k`, and the row's guidance or the model's default. Every image is written to
 `<cache>/<model key>/<image key>.png` as soon as its batch is done, so an interrupted run
 resumes where it stopped; metrics always read the images back from the cache, so a fresh and a
-resumed run score identical pixels. With several processes (`accelerate launch`), the missing
-images are split between them.
+resumed run score identical pixels. With several processes (`accelerate launch -m erasure eval`),
+the batches of missing images are dealt round-robin between them (each batch exactly as one
+process makes it: same prompts, seeds and batch, so the same pixels) and the main process alone
+computes the metrics.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..images import load_image, save_png
 from ..judges.minisd import LABELS
 from ..model_ref import ModelRef, resolve
@@ -57,34 +60,43 @@ def pipeline_generate(pipe, extra: dict | None = None) -> Callable:
     return make
 
 
-def generate_cached(make: Callable, items: list[dict], cache_dir: Path, batch_size: int = 32) -> dict[str, int]:
-    """Make every image of `items` missing from `cache_dir`; returns {"generated": n, "cached": m}."""
+def image_batches(items: list[dict], batch_size: int) -> list[list[dict]]:
+    """`items` in batches of at most `batch_size`, one guidance and step count each."""
+    by_setting: dict[tuple, list[dict]] = {}
+    for it in items:
+        by_setting.setdefault((it["guidance"], it["steps"]), []).append(it)
+    return [group[start:start + batch_size] for group in by_setting.values() for start in range(0, len(group), batch_size)]
+
+
+def generate_cached(make: Callable, items: list[dict], cache_dir: Path, batch_size: int = 32,
+                    split: bool = True) -> dict[str, int]:
+    """Make every image of `items` missing from `cache_dir`; returns {"generated": n, "cached": m}.
+    With several processes and `split`, each makes its round-robin share of the batches, and all
+    wait for the last; `split=False` makes them all here (a process working alone on its unit)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     missing = [it for it in items if not (cache_dir / f"{it['key']}.png").exists()]
-    from accelerate import PartialState
-    state = PartialState()
-    with state.split_between_processes(missing) as mine:
-        by_setting: dict[tuple, list[dict]] = {}
-        for it in mine:
-            by_setting.setdefault((it["guidance"], it["steps"]), []).append(it)
-        bar = tqdm(total=len(mine), desc="generating", disable=not mine)
-        for (guidance, steps), group in by_setting.items():
-            for start in range(0, len(group), batch_size):
-                batch = group[start:start + batch_size]
-                images = make([it["prompt"] for it in batch], [it["seed"] for it in batch], guidance, steps)
-                for it, image in zip(batch, images):
-                    save_png(image, cache_dir / f"{it['key']}.png")
-                bar.update(len(batch))
-        bar.close()
-    state.wait_for_everyone()
+    batches = image_batches(missing, batch_size)
+    mine = distributed.deal(batches) if split else batches
+    bar = tqdm(total=sum(map(len, mine)), desc="generating", disable=not mine)
+    for batch in mine:
+        images = make([it["prompt"] for it in batch], [it["seed"] for it in batch], batch[0]["guidance"], batch[0]["steps"])
+        for it, image in zip(batch, images):
+            save_png(image, cache_dir / f"{it['key']}.png")
+        bar.update(len(batch))
+    bar.close()
+    if split:
+        distributed.wait()
     return {"generated": len(missing), "cached": len(items) - len(missing)}
 
 
 def evaluate(model: str | Path | ModelRef, suite: Suite, cache_root: Path, seed: int = 0, limit: int | None = None,
              metric_settings: dict[str, dict] | None = None, sampling: dict | None = None, device: str | None = None,
-             make: Callable | None = None, batch_size: int = 32) -> tuple[dict, torch.Tensor, list[Row]]:
+             make: Callable | None = None, batch_size: int = 32, split: bool = True
+             ) -> tuple[dict | None, torch.Tensor | None, list[Row]]:
     """Generate (cached) and score one model (a string, resolved here once, or a ModelRef) on one
-    suite. Returns (results, images, rows)."""
+    suite. Returns (results, images, rows). With several processes and `split` (the default),
+    the images are made by all of them and scored by the main one: the others return
+    (None, None, rows)."""
     ref = resolve(model)
     rows = suite.rows(limit)
     metrics = [get_metric(m, **(metric_settings or {}).get(m, {})) for m in suite.metrics]
@@ -98,7 +110,10 @@ def evaluate(model: str | Path | ModelRef, suite: Suite, cache_root: Path, seed:
     if make is None and any(not (cache_dir / f"{it['key']}.png").exists() for it in items):
         from ..pipelines import load_pipeline
         make = pipeline_generate(load_pipeline(ref, device=device))
-    stats = generate_cached(make, items, cache_dir, batch_size) if make else {"generated": 0, "cached": len(items)}
+    stats = (generate_cached(make, items, cache_dir, batch_size, split) if make
+             else {"generated": 0, "cached": len(items)})
+    if split and not distributed.is_main():
+        return None, None, rows
     images = torch.stack([load_image(cache_dir / f"{it['key']}.png") for it in items])
     prompts = [it["prompt"] for it in items]
     expected = [rows[it["row"]].expected for it in items]

@@ -11,7 +11,12 @@ from ..model_ref import MINISD_NAME, ModelRef, resolve
 
 
 def pick_device(device: str | None = None) -> torch.device:
+    """`device`, or for None / "auto" CUDA when present, else the CPU; under a launcher with
+    several processes, this process's own device (cuda:LOCAL_RANK)."""
     if device in (None, "auto"):
+        from .. import distributed
+        if distributed.launched():
+            return distributed.device()
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 

@@ -252,7 +252,9 @@ class AdvUnlearnTrainer(ESDTrainer):
         pred = self.unet(x_t, t, encoder_hidden_states=self.encode_trained(prompt_ids, k, prefix)).sample.float()
         erase_loss = F.mse_loss(pred, target)
 
-        z_r, t_r, retain_ids = self.retain_latents(cfg.retain_batch)
+        # data parallel: the retain batch is sharded; the erase term (one forget prompt and its
+        # attack) is computed alike by every process, so its averaged gradient is its own
+        z_r, t_r, retain_ids = self.shard(*self.retain_latents(self.global_batch(cfg.retain_batch)))
         with torch.no_grad():
             eps_r_frozen = self.frozen_unet(z_r, t_r, encoder_hidden_states=self.c_retain_frozen[retain_ids]).sample.float()
         c_r = self.embed([self.retain_set[i] for i in retain_ids.tolist()], grad=True)

@@ -8,6 +8,7 @@ with exact resume (weights, optimizer, every RNG, method state), and saving the 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..config import EraseConfig
 from ..erasure_files import base_tensors, hash_tensors, save_erasure, stored_dtypes
 from ..errors import UserError
@@ -57,12 +59,27 @@ ProgressCallback = Callable[[int, int, dict], bool | None]
 
 class Trainer:
     config_cls: type[EraseConfig] = EraseConfig
+    # whether the method trains data parallel under a launcher (its batches drawn whole and
+    # sharded, see `shard`); a method that cannot says why in `data_parallel_refusal`
+    data_parallel: bool = True
+    data_parallel_refusal: str = ""
 
-    def __init__(self, config: EraseConfig, pipe=None, cache_dir: str | Path | None = None) -> None:
+    def __init__(self, config: EraseConfig, pipe=None, cache_dir: str | Path | None = None,
+                 data_parallel: bool | None = None) -> None:
         """`pipe`: a loaded base pipeline to train (default: load config.base_model); `cache_dir`:
         where recomputable data (self-generated images, SalUn's masks, SFD's stage one) is kept
-        (default: erasure's cache, ~/.cache/erasure or $ERASURE_CACHE)."""
+        (default: erasure's cache, ~/.cache/erasure or $ERASURE_CACHE). `data_parallel`: train
+        with every process of a launcher (`accelerate launch -m erasure train`), default when
+        launched; False trains in this process alone (the benchmark gives each process its own
+        (method, concept) pairs)."""
         config.check_run()  # before a 4 GB base model loads
+        # data parallel: every process draws the global batch (per-process batch x processes) from
+        # the same generator, keeps its rows (shard) and the gradients are averaged before each step
+        self.processes = distributed.processes() if data_parallel in (None, True) else 1
+        self.rank = distributed.rank() if self.processes > 1 else 0
+        if self.processes > 1 and not self.data_parallel:
+            raise UserError(f"{config.method} does not train data parallel ({self.data_parallel_refusal}); "
+                            "run it in one process, without accelerate launch")
         self.config = config
         self.cache_dir = Path(cache_dir) if cache_dir is not None else cache_home()
         self.device = pick_device(config.device)
@@ -106,7 +123,8 @@ class Trainer:
         self.optimizer = self.make_optimizer()
         self.micro_step = 0  # index of the micro-batch within the optimizer step (--grad-accum)
         self.ema_weights = {k: p.detach().clone() for k, p in self.trainable.items()} if config.ema else None
-        self.setup()
+        with distributed.main_first() if self.processes > 1 else contextlib.nullcontext():
+            self.setup()  # the main process first: it writes the caches (self-generated data, masks) the others read
 
     # ----------------------------------------------------------------- hooks for methods
     def select_trainable(self, models: dict[str, torch.nn.Module]) -> dict[str, torch.nn.Parameter]:
@@ -233,8 +251,7 @@ class Trainer:
     def denoising_loss(self, data: SelfData, cond: torch.Tensor, size: int) -> torch.Tensor:
         """The ordinary epsilon-MSE of the trained UNet on a random batch of `data`, each latent
         under its prompt's embedding (rows of `cond`): the retain loss SalUn and DoCo share."""
-        x0, prompt_ids = self.draw_batch(data, size)
-        x_t, t, noise = self.noised(x0)
+        x_t, t, noise, prompt_ids = self.noised_batch(data, size)
         return F.mse_loss(self.unet(x_t, t, encoder_hidden_states=cond[prompt_ids]).sample.float(), noise)
 
     def noised(self, x0: torch.Tensor, generator: torch.Generator | None = None,
@@ -246,6 +263,26 @@ class Trainer:
         t = torch.randint(lo, hi, (len(x0),), generator=g).to(self.device)
         noise = torch.randn(x0.shape, generator=g).to(self.device)
         return add_noise(x0, noise, self.alphas_cumprod, t), t, noise
+
+    def global_batch(self, per_process: int) -> int:
+        """The batch every process draws: `per_process` rows for each process."""
+        return per_process * self.processes
+
+    def shard(self, *batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """This process's rows of a batch drawn whole (global_batch) by every process: process r
+        keeps rows [r b, (r + 1) b). The mean loss over its rows, averaged across processes with
+        the gradients, is the global batch's mean loss. The identity in one process."""
+        if self.processes == 1:
+            return batch
+        b = len(batch[0]) // self.processes
+        return tuple(x[self.rank * b:(self.rank + 1) * b] for x in batch)
+
+    def noised_batch(self, data: SelfData, size: int) -> tuple[torch.Tensor, ...]:
+        """(x_t, t, noise, prompt ids) of `size` rows per process: a random batch of `data`
+        (draw_batch) noised at uniform t (noised), drawn whole and sharded."""
+        x0, prompt_ids = self.draw_batch(data, self.global_batch(size))
+        x_t, t, noise = self.noised(x0)
+        return self.shard(x_t, t, noise, prompt_ids)
 
     def randint(self, high: int, size: tuple[int, ...] = ()) -> torch.Tensor:
         return torch.randint(0, high, size, generator=self.generator)
@@ -272,6 +309,9 @@ class Trainer:
         optimizer_from_tensors(optimizer, opt, {"param_groups": optimizer.state_dict()["param_groups"]})
 
     def save_checkpoint(self, out_dir: Path) -> None:
+        """Every process holds the same weights, optimizer and generators: the main one writes them."""
+        if self.rank != 0:
+            return
         ckpt = out_dir / CHECKPOINT_DIR
         tensors = {f"param.{k}": v for k, v in self.trainable.items()}
         opt_tensors, opt_meta = optimizer_to_tensors(self.optimizer)
@@ -283,7 +323,7 @@ class Trainer:
         tensors["rng.torch"] = torch.get_rng_state()
         save_tensors(ckpt / "state.safetensors", tensors)
         write_json(ckpt / "state.json", {"step": self.step, "config": self.config.to_dict(), "optimizer": opt_meta,
-                                         "python_rng": python_rng_state(self.rng)})
+                                         "python_rng": python_rng_state(self.rng), "processes": self.processes})
         # its size on the console: a full-size one (SD 1.x UNet trained, with its optimizer) is ~14 GB
         tqdm.write(f"checkpoint: {human_size((ckpt / 'state.safetensors').stat().st_size)} at step {self.step} "
                    f"({ckpt / 'state.safetensors'})")
@@ -302,6 +342,9 @@ class Trainer:
             diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
             raise UserError(f"--resume: the checkpoint in {ckpt} was made with different settings ({', '.join(diff)}); "
                             "use the same settings or a new --out")
+        if meta.get("processes", 1) != self.processes:  # the global batch would change
+            raise UserError(f"--resume: the checkpoint in {ckpt} was made by {meta.get('processes', 1)} process(es), "
+                            f"this run has {self.processes}; resume with --num_processes {meta.get('processes', 1)}")
         tensors = load_tensors(ckpt / "state.safetensors", self.device)
         with torch.no_grad():
             for k, p in self.trainable.items():
@@ -356,6 +399,9 @@ class Trainer:
         while self.step < cfg.steps:
             self.optimizer.zero_grad(set_to_none=True)
             total, logs = self.accumulate_gradients(out)
+            if self.processes > 1:
+                self.average_gradients()
+                total = distributed.mean_value(total)
             self.before_optimizer_step()
             grads = [p.grad for p in self.trainable.values() if p.grad is not None]
             if grads and not all(torch.isfinite(g).all() for g in grads):
@@ -378,13 +424,22 @@ class Trainer:
             interrupted = stop_after is not None and self.step >= stop_after
             if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps) or interrupted:
                 self.save_checkpoint(out)
+                distributed.wait() if self.processes > 1 else None
             if interrupted:
                 bar.close()
                 return out
         bar.close()
-        self.save(out)
-        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+        if self.rank == 0:
+            self.save(out)
+            shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+        distributed.wait() if self.processes > 1 else None  # the erasure is complete when any process returns
         return out
+
+    def average_gradients(self) -> None:
+        """The global batch's gradient: each trained tensor's .grad averaged across processes.
+        Done here, after the micro-batches, rather than by wrapping the network in DDP: the
+        methods call the trained network several times per step, some of them without grad."""
+        distributed.mean_([p.grad for p in self.trainable.values() if p.grad is not None])
 
     def save(self, out_dir: str | Path) -> Path:
         if self.ema_weights is not None:  # the saved model is the average; the live one becomes it too
@@ -392,5 +447,8 @@ class Trainer:
                 for k, p in self.trainable.items():
                     p.copy_(self.ema_weights[k])
         tensors = {k: v.detach() for k, v in self.trainable.items()}
-        return save_erasure(out_dir, self.config, tensors, self.base_hash, self.base_path, extra=self.manifest_extra(),
+        extra = self.manifest_extra()
+        if self.processes > 1:
+            extra["data_parallel"] = {"processes": self.processes}
+        return save_erasure(out_dir, self.config, tensors, self.base_hash, self.base_path, extra=extra,
                             base_dtypes=self.base_dtypes)

@@ -295,6 +295,9 @@ class DoCoConfig(SelfDataConfig):
 
 class DoCoTrainer(Trainer):
     config_cls = DoCoConfig
+    # its discriminator's batch norm sees one process's rows, which would change its statistics
+    data_parallel = False
+    data_parallel_refusal = "its discriminator's batch norm would see one process's rows, not the global batch"
 
     def make_optimizer(self) -> torch.optim.Optimizer:
         # the reference's AdamW: betas 0.9/0.999, weight decay 1e-2, eps 1e-8 (train.py's defaults)

@@ -147,7 +147,9 @@ class ESDTrainer(Trainer):
         """Whether a refresh may read its window's draws ahead: cached trajectories, and the loss
         is ESD's own (one draw_xt per step; a subclass that draws otherwise, AdvUnlearn, keeps
         full trajectories and computes each target when it is asked for)."""
-        return self.config.refresh_every > 1 and type(self).compute_loss is ESDTrainer.compute_loss
+        # (data parallel: each process computes the targets of its own rows only, so none plans ahead)
+        return (self.config.refresh_every > 1 and type(self).compute_loss is ESDTrainer.compute_loss
+                and self.processes == 1)
     def baseline_embeddings(self, concept: str, prompts: list[str]) -> torch.Tensor:
         """c_0 for each forget prompt: the empty prompt (S = 1), the prompt without the concept
         (S = 1), or the prompt with each sibling in the concept's place (S = siblings)."""
@@ -322,7 +324,8 @@ class ESDTrainer(Trainer):
     def compute_loss(self):
         cfg: ESDConfig = self.config
         k = self.rng.randrange(len(cfg.concepts))
-        x_t, t, prompt_ids = self.draw_xt(k, cfg.batch_size)
+        # data parallel: the global batch's draws, this process's rows (one process: the batch)
+        x_t, t, prompt_ids = self.shard(*self.draw_xt(k, self.global_batch(cfg.batch_size)))
         target, _ = self.esd_target(x_t, t, k, prompt_ids)
         c_train = self.c_from.expand(len(x_t), -1, -1) if self.c_from is not None else self.c_forget[k][prompt_ids]
         pred = self.unet(x_t, t, encoder_hidden_states=c_train).sample.float()

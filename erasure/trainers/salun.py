@@ -232,8 +232,7 @@ class SalUnTrainer(Trainer):
     # ------------------------------------------------------------------ step 3: masked relabelling
     def compute_loss(self):
         cfg: SalUnConfig = self.config
-        x0, prompt_ids = self.draw_batch(self.forget_data, cfg.batch_size)
-        x_t, t, _ = self.noised(x0)
+        x_t, t, _, prompt_ids = self.noised_batch(self.forget_data, cfg.batch_size)  # this process's rows
         with torch.no_grad():  # sg[eps_theta(x_t, t, c_a)]: the current model's anchor prediction, detached
             target = self.unet(x_t, t, encoder_hidden_states=self.c_anchor[prompt_ids]).sample.float()
         forget_loss = F.mse_loss(self.unet(x_t, t, encoder_hidden_states=self.c_forget[prompt_ids]).sample.float(), target)

@@ -264,6 +264,10 @@ class SFDConfig(EraseConfig):
 
 class SFDTrainer(Trainer):
     config_cls = SFDConfig
+    # two networks stepped within one optimizer step (the fake score net inside compute_loss):
+    # their gradients are not yet averaged across processes
+    data_parallel = False
+    data_parallel_refusal = "its fake score net steps inside the training step, not yet averaged across processes"
 
     def make_optimizer(self) -> torch.optim.Optimizer:
         # --optimizer adam: AdamWithoutFirstMoment (beta1 = 0); adam8bit: bitsandbytes' at betas (0, 0.999)

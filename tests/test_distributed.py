@@ -1,0 +1,110 @@
+"""Several processes (gloo on the CPU): `accelerate launch --multi_gpu --num_processes 2 -m erasure ...`
+gives what one process gives. (accelerate's `--cpu` flag starts a single process; on a machine
+without CUDA, `--multi_gpu` runs torchrun's two processes and erasure asks accelerate for gloo.)"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+
+def _env(tmp_path: Path) -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "XDG_CACHE_HOME": str(tmp_path / "xdg"),
+            "ERASURE_CACHE": str(tmp_path / "erasure-cache"), "PYTHONPATH": os.pathsep.join(sys.path)}
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def two(*args: str, tmp_path: Path) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(_port()), "-m", "erasure", *args]
+
+
+def one(*args: str) -> list[str]:
+    return [sys.executable, "-m", "erasure", *args]
+
+
+def check(cmd: list[str], tmp_path: Path) -> None:
+    proc = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.fixture()
+def prompts(tmp_path) -> Path:
+    csv = tmp_path / "p.csv"
+    csv.write_text("prompt,object,color,style\na red circle,circle,red,\na striped star,star,,striped\n"
+                   "a blue square,square,blue,\na green heart,heart,green,\n")
+    return csv
+
+
+def test_eval_in_two_processes_equals_one(tiny_sd_dir, prompts, tmp_path):
+    common = ["eval", "--model", str(tiny_sd_dir), "--prompts", str(prompts), "--images-per-prompt", "2", "--steps", "2",
+              "--batch-size", "2", "--device", "cpu"]
+    check(two(*common, "--json", str(tmp_path / "two.json"), "--cache", str(tmp_path / "c2"), tmp_path=tmp_path), tmp_path)
+    check(one(*common, "--json", str(tmp_path / "one.json"), "--cache", str(tmp_path / "c1")), tmp_path)
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert a["summary"] == b["summary"] and a["per_prompt"] == b["per_prompt"]
+    assert b["generation"] == {"generated": 8, "cached": 0}
+    for f in a["image_files"]:  # the very pixels
+        assert (tmp_path / "c1" / f).read_bytes() == (tmp_path / "c2" / f).read_bytes()
+
+
+def test_attack_in_two_processes_equals_one_and_leaves_no_parts(tiny_mini_dir, tmp_path):
+    common = ["attack", "--model", str(tiny_mini_dir), "--suite", "mini", "--concept", "circle", "--limit", "3",
+              "--attack-batch", "1", "--timesteps", "1", "--iterations", "2", "--device", "cpu"]
+    check(two(*common, "--json", str(tmp_path / "two.json"), tmp_path=tmp_path), tmp_path)
+    check(one(*common, "--json", str(tmp_path / "one.json")), tmp_path)
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert a["summary"]["n_prompts"] == 3
+    assert a["summary"] == b["summary"] and a["per_prompt"] == b["per_prompt"]  # adversarial prompts and losses too
+    assert not (tmp_path / "two.json.parts").exists()
+
+
+def _max_diff(a: Path, b: Path) -> float:
+    x, y = load_file(str(a / "erasure_model.safetensors")), load_file(str(b / "erasure_model.safetensors"))
+    assert x.keys() == y.keys()
+    return max((x[k].float() - y[k].float()).abs().max().item() for k in x)
+
+
+@pytest.mark.parametrize("method, batch_flag, extra", [
+    ("esd-x", "--batch-size", []),
+    ("salun", "--batch-size", ["--n-forget", "4", "--n-retain", "4", "--data-steps", "2"]),
+    ("advunlearn", "--retain-batch", ["--attack-steps", "1", "--ddim-steps", "2", "--attack-warmup", "0"]),
+])
+def test_training_in_two_processes_equals_one_with_the_global_batch(method, batch_flag, extra, tiny_mini_dir, tmp_path):
+    common = ["train", "--concept", "circle", "--method", method, "--model", str(tiny_mini_dir), "--steps", "3",
+              "--no-grid", "--device", "cpu", *extra]
+    check(two(*common, batch_flag, "2", "--out", str(tmp_path / "two"), tmp_path=tmp_path), tmp_path)
+    check(one(*common, batch_flag, "4", "--out", str(tmp_path / "one")), tmp_path)
+    check(one(*common, batch_flag, "2", "--out", str(tmp_path / "half")), tmp_path)
+    assert _max_diff(tmp_path / "one", tmp_path / "two") < 1e-5
+    assert _max_diff(tmp_path / "half", tmp_path / "two") > 1e-4  # the batch matters: the equality is not trivial
+    assert json.loads((tmp_path / "two" / "erasure_config.json").read_text())["data_parallel"] == {"processes": 2}
+
+
+def test_a_method_that_cannot_train_data_parallel_says_so(tiny_mini_dir, tmp_path):
+    proc = subprocess.run(two("train", "--concept", "circle", "--method", "doco", "--model", str(tiny_mini_dir),
+                              "--steps", "1", "--no-grid", "--device", "cpu", "--out", str(tmp_path / "d"),
+                              tmp_path=tmp_path), env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert "doco does not train data parallel" in proc.stderr
+    assert not (tmp_path / "d" / "erasure_config.json").exists()
+
+
+def test_without_a_launcher_nothing_is_initialised():
+    from erasure import distributed
+    assert not distributed.launched() and distributed.processes() == 1 and distributed.is_main()
+    assert distributed.deal([1, 2, 3]) == [1, 2, 3] and distributed.gather_json({"a": 1}) == [{"a": 1}]
+    assert torch.distributed.is_available() and not torch.distributed.is_initialized()
