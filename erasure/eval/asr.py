@@ -237,11 +237,15 @@ def run_attack(model: str | os.PathLike | ModelRef, concept: str, rows: list[Row
     batches = [todo[start:start + attack_batch] for start in range(0, len(todo), attack_batch)]
     mine = distributed.deal(batches) if split else batches
     mine_keys = [key for batch in mine for key, *_ in batch]
+    mine_set = set(mine_keys)
 
     def save() -> None:
         if json_out and split:  # this process's part; the main process merges them at the end
+            # with what earlier runs had done, so that a second interruption (or another process
+            # count, whose ranks overwrite other parts) loses nothing already known
             write_json(parts / f"rank-{distributed.rank()}.json",
-                       {"settings": settings, "per_prompt": [entries[k] for k in mine_keys if k in entries]})
+                       {"settings": settings, "per_prompt": [entries[k] for k in order if k in entries
+                                                             and (k in done or k in mine_set)]})
         elif json_out:
             results = [entries[k] for k in order if k in entries]
             write_json(json_out, {"settings": settings, "summary": asr_summary(results), "per_prompt": results})
