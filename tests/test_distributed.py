@@ -96,7 +96,7 @@ def test_training_in_two_processes_equals_one_with_the_global_batch(method, batc
 
 def test_a_method_that_cannot_train_data_parallel_says_so(tiny_mini_dir, tmp_path):
     proc = subprocess.run(two("train", "--concept", "circle", "--method", "doco", "--model", str(tiny_mini_dir),
-                              "--steps", "1", "--no-grid", "--device", "cpu", "--out", str(tmp_path / "d"),
+                              "--steps", "1", "--disc-warmup", "0", "--no-grid", "--device", "cpu", "--out", str(tmp_path / "d"),
                               tmp_path=tmp_path), env=_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
     assert "doco does not train data parallel" in proc.stderr
