@@ -3,13 +3,13 @@ gives what one process gives. (accelerate's `--cpu` flag starts a single process
 without CUDA, `--multi_gpu` runs torchrun's two processes and erasure asks accelerate for gloo.)"""
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -92,6 +92,41 @@ def test_training_in_two_processes_equals_one_with_the_global_batch(method, batc
     assert _max_diff(tmp_path / "one", tmp_path / "two") < 1e-5
     assert _max_diff(tmp_path / "half", tmp_path / "two") > 1e-4  # the batch matters: the equality is not trivial
     assert json.loads((tmp_path / "two" / "erasure_config.json").read_text())["data_parallel"] == {"processes": 2}
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the launcher and every process under it (torchrun starts its workers in sessions of
+    their own, so a process-group kill would miss them): a crash without a chance to clean up."""
+    family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    for p in family:
+        p.kill()
+    psutil.wait_procs(family, timeout=30)
+
+
+def test_a_killed_two_process_training_resumes_exactly(tiny_mini_dir, tmp_path):
+    common = ["train", "--concept", "circle", "--method", "esd-x", "--model", str(tiny_mini_dir), "--steps", "30",
+              "--batch-size", "2", "--checkpoint-every", "2", "--no-grid", "--device", "cpu"]
+    check(two(*common, "--out", str(tmp_path / "full"), tmp_path=tmp_path), tmp_path)
+
+    cut = tmp_path / "cut"
+    state = cut / "checkpoint" / "state.json"
+    proc = subprocess.Popen(two(*common, "--out", str(cut), tmp_path=tmp_path), env=_env(tmp_path),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    _kill_tree(proc)
+    step = json.loads(state.read_text())["step"]
+    assert 2 <= step < 30 and not (cut / "erasure_config.json").exists()  # killed mid-run, nothing final written
+
+    refused = subprocess.run(one(*common, "--out", str(cut), "--resume"), env=_env(tmp_path), capture_output=True,
+                             text=True, timeout=600)
+    assert refused.returncode == 2 and "made by 2 process(es), this run has 1" in refused.stderr
+    assert "Traceback" not in refused.stderr and state.exists()  # the checkpoint survives the refusal
+
+    check(two(*common, "--out", str(cut), "--resume", tmp_path=tmp_path), tmp_path)
+    assert _max_diff(tmp_path / "full", cut) == 0.0
+    assert not (cut / "checkpoint").exists()
 
 
 def test_a_method_that_cannot_train_data_parallel_says_so(tiny_mini_dir, tmp_path):
