@@ -104,6 +104,18 @@ def mean_value(x: float) -> float:
     return float(t.item())
 
 
+def gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """Every process's rows of `t` (the same shape on each), concatenated in rank order: the global
+    batch again, from the shards `Trainer.shard` cut (no gradient flows back through it)."""
+    if processes() == 1:
+        return t
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(t) for _ in range(processes())]
+    dist.all_gather(parts, t.detach().contiguous())
+    return torch.cat(parts)
+
+
 def _comm_device() -> torch.device:
     s = state()
     return s.device if s is not None and s.device.type == "cuda" else torch.device("cpu")

@@ -78,10 +78,24 @@ def _max_diff(a: Path, b: Path) -> float:
     return max((x[k].float() - y[k].float()).abs().max().item() for k in x)
 
 
+def _relative_difference(a: Path, b: Path, base: dict[str, torch.Tensor]) -> float:
+    """sum |a - b| / sum |a - base| over the erasures' tensors."""
+    x, y = load_file(str(a / "erasure_model.safetensors")), load_file(str(b / "erasure_model.safetensors"))
+    assert x.keys() == y.keys()
+    apart = sum((x[k].float() - y[k].float()).abs().sum().item() for k in x)
+    moved = sum((x[k].float() - base[k].float()).abs().sum().item() for k in x)
+    assert moved > 0
+    return apart / moved
+
+
 @pytest.mark.parametrize("method, batch_flag, extra", [
     ("esd-x", "--batch-size", []),
     ("salun", "--batch-size", ["--n-forget", "4", "--n-retain", "4", "--data-steps", "2"]),
     ("advunlearn", "--retain-batch", ["--attack-steps", "1", "--ddim-steps", "2", "--attack-warmup", "0"]),
+    # the discriminator sees the gathered global batch; g_adv and g_ret are averaged before the projection
+    ("doco", "--batch-size", ["--n-anchor", "4", "--n-retain", "4", "--data-steps", "2", "--disc-warmup", "1"]),
+    # stage one and stage two, each with its fake-net and generator updates averaged
+    ("sfd", "--batch-size", ["--generator", "teacher", "--two-stage", "true", "--distill-steps", "2"]),
 ])
 def test_training_in_two_processes_equals_one_with_the_global_batch(method, batch_flag, extra, tiny_mini_dir, tmp_path):
     common = ["train", "--concept", "circle", "--method", method, "--model", str(tiny_mini_dir), "--steps", "3",
@@ -89,8 +103,13 @@ def test_training_in_two_processes_equals_one_with_the_global_batch(method, batc
     check(two(*common, batch_flag, "2", "--out", str(tmp_path / "two"), tmp_path=tmp_path), tmp_path)
     check(one(*common, batch_flag, "4", "--out", str(tmp_path / "one")), tmp_path)
     check(one(*common, batch_flag, "2", "--out", str(tmp_path / "half")), tmp_path)
-    assert _max_diff(tmp_path / "one", tmp_path / "two") < 1e-5
-    assert _max_diff(tmp_path / "half", tmp_path / "two") > 1e-4  # the batch matters: the equality is not trivial
+    # the change each run made to the base, compared (L1, relative): float noise in the global
+    # batch's gradient moves Adam's first steps on near-zero gradients by up to +-lr (DoCo's
+    # projection makes many), so the largest element is no measure; the half batch differs by ~1
+    base = {f"unet.{k}": v for k, v in load_file(str(tiny_mini_dir / "unet" / "diffusion_pytorch_model.safetensors")).items()}
+    base |= {f"text_encoder.{k}": v for k, v in load_file(str(tiny_mini_dir / "text_encoder" / "model.safetensors")).items()}
+    assert _relative_difference(tmp_path / "one", tmp_path / "two", base) < 1e-3
+    assert _relative_difference(tmp_path / "half", tmp_path / "two", base) > 0.1  # the batch matters: not trivial
     assert json.loads((tmp_path / "two" / "erasure_config.json").read_text())["data_parallel"] == {"processes": 2}
 
 
@@ -127,15 +146,6 @@ def test_a_killed_two_process_training_resumes_exactly(tiny_mini_dir, tmp_path):
     check(two(*common, "--out", str(cut), "--resume", tmp_path=tmp_path), tmp_path)
     assert _max_diff(tmp_path / "full", cut) == 0.0
     assert not (cut / "checkpoint").exists()
-
-
-def test_a_method_that_cannot_train_data_parallel_says_so(tiny_mini_dir, tmp_path):
-    proc = subprocess.run(two("train", "--concept", "circle", "--method", "doco", "--model", str(tiny_mini_dir),
-                              "--steps", "1", "--disc-warmup", "0", "--no-grid", "--device", "cpu", "--out", str(tmp_path / "d"),
-                              tmp_path=tmp_path), env=_env(tmp_path), capture_output=True, text=True, timeout=600)
-    assert proc.returncode != 0
-    assert "doco does not train data parallel" in proc.stderr
-    assert not (tmp_path / "d" / "erasure_config.json").exists()
 
 
 def test_without_a_launcher_nothing_is_initialised():

@@ -63,6 +63,10 @@ class Trainer:
     # sharded, see `shard`); a method that cannot says why in `data_parallel_refusal`
     data_parallel: bool = True
     data_parallel_refusal: str = ""
+    # the caches a method's setup writes (self-generated data, masks) are made by the main process
+    # first and read by the others; a setup that itself trains data parallel (SFD's stage one)
+    # runs in every process at once instead, and writes its cache from the main process
+    setup_trains: bool = False
 
     def __init__(self, config: EraseConfig, pipe=None, cache_dir: str | Path | None = None,
                  data_parallel: bool | None = None) -> None:
@@ -123,7 +127,8 @@ class Trainer:
         self.optimizer = self.make_optimizer()
         self.micro_step = 0  # index of the micro-batch within the optimizer step (--grad-accum)
         self.ema_weights = {k: p.detach().clone() for k, p in self.trainable.items()} if config.ema else None
-        with distributed.main_first() if self.processes > 1 else contextlib.nullcontext():
+        one_first = self.processes > 1 and not self.setup_trains
+        with distributed.main_first() if one_first else contextlib.nullcontext():
             self.setup()  # the main process first: it writes the caches (self-generated data, masks) the others read
 
     # ----------------------------------------------------------------- hooks for methods
@@ -262,6 +267,20 @@ class Trainer:
         lo, hi = t_range or (0, len(self.alphas_cumprod))
         t = torch.randint(lo, hi, (len(x0),), generator=g).to(self.device)
         noise = torch.randn(x0.shape, generator=g).to(self.device)
+        return add_noise(x0, noise, self.alphas_cumprod, t), t, noise
+
+    def noised_rows(self, x0: torch.Tensor, t_range: tuple[int, int] | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`noised` for this process's rows `x0` of a global batch (SFD's generator samples, made
+        from sharded draws): t and noise are drawn for the global batch and this process's rows
+        kept, so the run draws what one process with the global batch draws."""
+        if self.processes == 1:
+            return self.noised(x0, t_range=t_range)
+        lo, hi = t_range or (0, len(self.alphas_cumprod))
+        rows = self.global_batch(len(x0))
+        t = torch.randint(lo, hi, (rows,), generator=self.generator)
+        noise = torch.randn((rows, *x0.shape[1:]), generator=self.generator)
+        t, noise = (x.to(self.device) for x in self.shard(t, noise))
         return add_noise(x0, noise, self.alphas_cumprod, t), t, noise
 
     def global_batch(self, per_process: int) -> int:

@@ -94,6 +94,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed
 from ..config import SelfDataConfig, doc
 from ..errors import UserError
 from ..prompt_files import read_prompts, shipped_prompt_file
@@ -295,9 +296,6 @@ class DoCoConfig(SelfDataConfig):
 
 class DoCoTrainer(Trainer):
     config_cls = DoCoConfig
-    # its discriminator's batch norm sees one process's rows, which would change its statistics
-    data_parallel = False
-    data_parallel_refusal = "its discriminator's batch norm would see one process's rows, not the global batch"
 
     def make_optimizer(self) -> torch.optim.Optimizer:
         # the reference's AdamW: betas 0.9/0.999, weight decay 1e-2, eps 1e-8 (train.py's defaults)
@@ -362,17 +360,23 @@ class DoCoTrainer(Trainer):
 
     def compute_loss(self):
         cfg: DoCoConfig = self.config
-        x0, prompt_ids = self.draw_batch(self.anchor_data, cfg.batch_size)
-        c_a, c_f = self.c_anchor[prompt_ids], self.forget_conditions(prompt_ids)
+        # data parallel: the global batch is drawn whole and each process keeps its rows
+        x0, prompt_ids = self.draw_batch(self.anchor_data, self.global_batch(cfg.batch_size))
+        c_f = self.forget_conditions(prompt_ids)
         x_t, t, noise = self.noised(x0)
+        x_t, t, noise, prompt_ids, c_f = self.shard(x_t, t, noise, prompt_ids, c_f)
+        c_a = self.c_anchor[prompt_ids]
         with torch.no_grad():  # "real": the original model's clean-latent prediction for the anchor
             real = self.predicted_x0(self.frozen_unet, x_t, t, c_a)
         fake = self.predicted_x0(self.unet, x_t, t, c_f)
 
         # discriminator step: real -> 1, fake -> 0, in one batch so that batch norm sees both
-        # (normalising each alone removes exactly the statistics that tell them apart)
+        # (normalising each alone removes exactly the statistics that tell them apart). Under a
+        # launcher every process gathers the global batch's rows and takes the same step, so the
+        # batch statistics are the global batch's, as in one process.
         self.discriminator.train()
-        logits_real, logits_fake = self.discriminator(torch.cat([real, fake.detach()])).chunk(2)
+        disc_input = torch.cat([distributed.gather_rows(real), distributed.gather_rows(fake.detach())])
+        logits_real, logits_fake = self.discriminator(disc_input).chunk(2)
         disc_loss = bce(logits_real, True) + bce(logits_fake, False)
         if self.micro_step == 0:
             self.disc_optimizer.zero_grad(set_to_none=True)
@@ -411,6 +415,8 @@ class DoCoTrainer(Trainer):
         if self.adv_grads is None:  # a warm-up step: the UNet has no gradient
             return
         cfg: DoCoConfig = self.config
+        if self.processes > 1:  # the global batch's g_adv and g_ret: the projection is not linear
+            distributed.mean_(self.adv_grads + self.ret_grads)
         grads = concept_preserving_gradient(self.adv_grads, self.ret_grads, cfg.projection, cfg.retain_weight)
         for p, g in zip(self.trainable.values(), grads):
             p.grad = g

@@ -130,6 +130,7 @@ from typing import ClassVar
 import torch
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..config import EraseConfig, doc
 from ..erasure_files import hash_tensors
 from ..errors import UserError
@@ -264,10 +265,10 @@ class SFDConfig(EraseConfig):
 
 class SFDTrainer(Trainer):
     config_cls = SFDConfig
-    # two networks stepped within one optimizer step (the fake score net inside compute_loss):
-    # their gradients are not yet averaged across processes
-    data_parallel = False
-    data_parallel_refusal = "its fake score net steps inside the training step, not yet averaged across processes"
+    # data parallel: every draw (prompts, z, t, noise, dropout) is made for the global batch and
+    # sharded; the fake net's and G's gradients are each averaged before their steps. Stage one
+    # (--two-stage) trains in setup, every process at once.
+    setup_trains = True
 
     def make_optimizer(self) -> torch.optim.Optimizer:
         # --optimizer adam: AdamWithoutFirstMoment (beta1 = 0); adam8bit: bitsandbytes' at betas (0, 0.999)
@@ -391,12 +392,20 @@ class SFDTrainer(Trainer):
         return guided(eps_uncond, eps_cond, guidance)
 
     # ------------------------------------------------------------------ random draws (all from the run's generator)
+    # (each drawn for the global batch, this process's rows kept: see Trainer.shard)
+    def rows(self, high: int) -> list[int]:
+        return self.shard(self.randint(high, (self.global_batch(self.config.batch_size),)))[0].tolist()
+
     def pick(self, prompts: list[str]) -> list[str]:
-        return [prompts[i] for i in self.randint(len(prompts), (self.config.batch_size,)).tolist()]
+        return [prompts[i] for i in self.rows(len(prompts))]
 
     def pick_pairs(self) -> tuple[list[str], list[str]]:
-        idx = self.randint(len(self.forget), (self.config.batch_size,)).tolist()
+        idx = self.rows(len(self.forget))
         return [self.forget[i] for i in idx], [self.override[i] for i in idx]
+
+    def latent_noise(self, n: int) -> torch.Tensor:
+        """z for `n` generator samples of this process."""
+        return self.shard(self.randn(self.global_batch(n), *self.latent_shape))[0]
 
     # ------------------------------------------------------------------ 1. fake score net
     def fake_denoising_loss(self, prompts: list[str], uncond: torch.Tensor | None = None) -> torch.Tensor:
@@ -404,11 +413,12 @@ class SFDTrainer(Trainer):
         unconditional branch (a dropped row takes "" for both branches, as the reference)."""
         cfg: SFDConfig = self.config
         with torch.no_grad():
-            x_g = self.generate(self.embed(prompts), self.randn(len(prompts), *self.latent_shape))
-        x_t, t, noise = self.noised(x_g, t_range=(cfg.t_min, cfg.t_max))
+            x_g = self.generate(self.embed(prompts), self.latent_noise(len(prompts)))
+        x_t, t, noise = self.noised_rows(x_g, t_range=(cfg.t_min, cfg.t_max))
         uncond = self.c_empty if uncond is None else uncond
         if cfg.fake_guidance != 1 and cfg.fake_dropout > 0:  # train the unconditional branch too
-            dropped = (torch.rand(len(prompts), generator=self.generator) < cfg.fake_dropout).tolist()
+            drawn = self.shard(torch.rand(self.global_batch(len(prompts)), generator=self.generator))[0]
+            dropped = (drawn < cfg.fake_dropout).tolist()
             prompts = ["" if d else p for p, d in zip(prompts, dropped)]
             if uncond is not self.c_empty:
                 keep = torch.tensor([not d for d in dropped], device=self.device).view(-1, 1, 1)
@@ -436,6 +446,8 @@ class SFDTrainer(Trainer):
                 (weight * loss / n).backward()
                 logs[name] = logs.get(name, 0.0) + loss.item() / n
                 del loss  # its graph is freed by the backward; nothing of it is held into the next term
+        if self.processes > 1:  # the global batch's gradient
+            distributed.mean_([p.grad for p in self.fake.parameters() if p.grad is not None])
         self.fake_optimizer.step()
         self.fake_optimizer.zero_grad(set_to_none=True)  # its gradients (a UNet's worth) are not held through G's update
         self.fake.requires_grad_(False)
@@ -447,8 +459,8 @@ class SFDTrainer(Trainer):
         """L_SiD for x_g = G(z, c_gen), y_real = teacher(x_t, c_real), y_fake = fake(x_t, c_fake),
         both guided with `uncond` as their unconditional branch (default "")."""
         cfg: SFDConfig = self.config
-        x_g = self.generate(c_gen, self.randn(len(c_gen), *self.latent_shape))
-        x_t, t, _ = self.noised(x_g, t_range=(cfg.t_min, cfg.t_max))
+        x_g = self.generate(c_gen, self.latent_noise(len(c_gen)))
+        x_t, t, _ = self.noised_rows(x_g, t_range=(cfg.t_min, cfg.t_max))
         y_real = predicted_x0(x_t, self.noise_prediction(self.teacher, x_t, t, c_real, cfg.guidance, uncond),
                               self.alphas_cumprod, t)
         y_fake = predicted_x0(x_t, self.noise_prediction(self.fake, x_t, t, c_fake, cfg.fake_guidance, uncond),
@@ -517,7 +529,8 @@ class SFDTrainer(Trainer):
         names = ("target", "t_init", "t_min", "t_max", "alpha", "guidance", "fake_guidance", "fake_dropout", "lr",
                  "fake_lr", "adam_eps", "generator_grad_clip", "batch_size", "remain_weight",
                  "fake_updates_per_generator", "distill_steps", "ema", "seed")
-        return {"format": DISTILL_FORMAT, "bf16": self.use_bf16, **{n: getattr(cfg, n) for n in names},
+        parallel = {"processes": self.processes} if self.processes > 1 else {}  # the global batch
+        return {"format": DISTILL_FORMAT, "bf16": self.use_bf16, **{n: getattr(cfg, n) for n in names}, **parallel,
                 "generator": hash_tensors(self.unet.state_dict()), "teacher": hash_tensors(self.teacher.state_dict()),
                 "text_encoder": hash_tensors(self.text_encoder.state_dict()),
                 "remain_prompts": hashlib.sha256(json.dumps(self.remain).encode()).hexdigest()}
@@ -529,9 +542,12 @@ class SFDTrainer(Trainer):
         path = self.cache_dir / "sfd" / f"{key}.safetensors"
         if path.exists():
             tensors = load_tensors(path, self.device)
-        else:
+        else:  # under a launcher every process distils (data parallel), the main one writes
             tensors = self.distill()
-            save_tensors(path, tensors, metadata={"settings": json.dumps(settings, sort_keys=True)})
+            if self.rank == 0:
+                save_tensors(path, tensors, metadata={"settings": json.dumps(settings, sort_keys=True)})
+        if self.processes > 1:
+            distributed.wait()
         with torch.no_grad():
             for k, p in self.trainable.items():
                 p.copy_(tensors[k])
@@ -560,6 +576,8 @@ class SFDTrainer(Trainer):
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(f"stage one's loss became {loss.item()} at step {step}; lower --lr or "
                                            "--fake-lr, or use --dtype float32")
+                if self.processes > 1:
+                    self.average_gradients()
                 self.clip_generator_gradients()
                 optimizer.step()
                 if ema is not None:
