@@ -148,6 +148,51 @@ def test_a_killed_two_process_training_resumes_exactly(tiny_mini_dir, tmp_path):
     assert not (cut / "checkpoint").exists()
 
 
+def _same_except_timing(a, b, path: str = "") -> list[str]:
+    """Where two bench results differ, leaving out what measures time and memory (efficiency), the
+    ranking (its ties are broken by efficiency), the command line and the per-run cache folders
+    of the sample images."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) if k not in ("efficiency", "ranking", "command", "image")
+                for d in _same_except_timing(a.get(k), b.get(k), f"{path}/{k}")]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _same_except_timing(x, y, f"{path}[{i}]")]
+    return [] if a == b else [path]
+
+
+def test_bench_in_two_processes_killed_and_resumed_equals_one(tiny_mini_dir, tmp_path):
+    budget = ("train_scale=1,sampling_steps=2,images_per_prompt=1,images_per_other=1,target_prompts=2,"
+              "multilingual_prompts=1,related_per_concept=1,ordinary_prompts=3,attack_prompts=1,attack_timesteps=1,"
+              "attack_iterations=1,rab_prompts=1,rab_population=4,rab_generations=2,rab_images=1,sampling_images=1")
+    common = ["bench", "--methods", "esd-x,esd-u", "--concepts", "circle,star", "--model", str(tiny_mini_dir),
+              "--budget", budget, "--train", "steps=1", "--device", "cpu"]
+    two_out = tmp_path / "two"
+    proc = subprocess.Popen(two(*common, "--out", str(two_out), tmp_path=tmp_path), env=_env(tmp_path),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list(two_out.glob("erasures/*/*/train.json")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    _kill_tree(proc)
+    assert not (two_out / "results.json").exists()  # killed mid-run
+    done = {p: p.read_bytes() for p in two_out.glob("erasures/*/*/*") if p.is_file()}
+    assert done
+    check(two(*common, "--out", str(two_out), tmp_path=tmp_path), tmp_path)
+    assert all(p.read_bytes() == data for p, data in done.items())  # what was finished is reused, not retrained
+    check(one(*common, "--out", str(tmp_path / "one")), tmp_path)
+
+    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+    assert not _same_except_timing(a, b)
+    assert set(a["models"]) == {"base", "esd-x", "esd-u"} and set(a["models"]["esd-x"]) == {"circle", "star"}
+    for label in ("esd-x", "esd-u"):
+        for concept in ("circle", "star"):
+            x, y = (load_file(str(tmp_path / d / "erasures" / label / concept / "erasure_model.safetensors"))
+                    for d in ("one", "two"))
+            assert all(torch.equal(x[k], y[k]) for k in x)
+            for s1, s2 in zip(a["models"][label][concept]["samples"], b["models"][label][concept]["samples"]):
+                assert (tmp_path / "one" / s1["image"]).read_bytes() == (tmp_path / "two" / s2["image"]).read_bytes()
+    assert not list(two_out.rglob("*.parts")) and not list(two_out.rglob(".*.tmp"))
+
+
 def test_without_a_launcher_nothing_is_initialised():
     from erasure import distributed
     assert not distributed.launched() and distributed.processes() == 1 and distributed.is_main()
