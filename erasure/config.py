@@ -55,8 +55,9 @@ class EraseConfig:
                                       "less memory, more time, the same result. auto (on for a UNet over 300M "
                                       "parameters: Stable Diffusion; off for MiniSD), true or false", default="auto")
     optimizer: str = doc("Adam's implementation: auto (adam), adam (torch's, the papers'), adam8bit (bitsandbytes' "
-                         "8-bit states: 2 bytes per weight instead of 8) or adam-offload (torchao: states and step on "
-                         "the CPU; CUDA only)", default="auto")
+                         "8-bit states: 2 bytes per weight instead of 8), adam-offload (torchao: states and step on "
+                         "the CPU; CUDA only) or adam-sharded (under a launcher each process keeps the states of "
+                         "1/N of the weights: torch's ZeroRedundancyOptimizer, ZeRO stage 1)", default="auto")
     save_dtype: str = doc("dtype of the tensors the erasure files store: base (the base model's weights' dtype), "
                           "float32, float16 or bfloat16", default="base")
 

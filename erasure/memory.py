@@ -12,15 +12,19 @@ is decided):
   optimizer               adam (torch's Adam/AdamW, the papers'); adam8bit (bitsandbytes'
                           block-wise 8-bit Adam, Dettmers et al., ICLR 2022: 2 bytes of state
                           per weight instead of 8, runs on CPU and CUDA); adam-offload (torchao's
-                          CPUOffloadOptimizer: the state and the step on the CPU, CUDA only).
-                          auto: adam.
+                          CPUOffloadOptimizer: the state and the step on the CPU, CUDA only);
+                          adam-sharded (torch's Adam, its state sharded across the processes of
+                          a launcher by torch's ZeroRedundancyOptimizer, ZeRO stage 1, Rajbhandari
+                          et al., SC 2020: each process keeps the moments of about 1/N of the
+                          weights, steps them and broadcasts them; the same numbers as adam; in
+                          one process it is adam). auto: adam.
   saliency_device         where SalUn ranks the |gradient| of every UNet weight (torch.kthvalue
                           over ~860M numbers): cpu for a big UNet on CUDA (the ranking's
                           workspace is several GB on a GPU), else the training device.
 
 Bytes per trained weight for the optimizer alone: adam 4 (grad) + 8 (two moments); adam8bit
 4 + 2; adam-offload 4 on the GPU (the moments, a host copy of the weights and of the gradients,
-16 bytes, in pinned CPU memory).
+16 bytes, in pinned CPU memory); adam-sharded 4 + 8/N with N processes.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ import torch
 from .errors import UserError, parse_bool
 
 BIG_UNET_PARAMS = 300_000_000
-OPTIMIZERS = ("adam", "adam8bit", "adam-offload")
+OPTIMIZERS = ("adam", "adam8bit", "adam-offload", "adam-sharded")
 SALIENCY_DEVICES = ("cpu", "device")
 CHECKPOINTING_WORDS = ("auto", "true", "false")
 
@@ -137,16 +141,22 @@ class AdamWithoutFirstMoment(torch.optim.Optimizer):
 
 
 def make_adam(choice: str, params, lr: float, betas: tuple[float, float], eps: float, weight_decay: float,
-              device_type: str) -> torch.optim.Optimizer:
+              device_type: str, processes: int = 1) -> torch.optim.Optimizer:
     """The Adam of `choice` (a resolved MemoryPlan.optimizer) over `params`: AdamW when
-    weight_decay > 0 (decoupled decay, DoCo's), AdamWithoutFirstMoment for adam at beta1 = 0."""
+    weight_decay > 0 (decoupled decay, DoCo's), AdamWithoutFirstMoment for adam at beta1 = 0.
+    `processes`: how many processes train these weights together (adam-sharded shards over them)."""
     params = list(params)
-    if choice == "adam":
+    if choice in ("adam", "adam-sharded"):
         if betas[0] == 0 and not weight_decay:
-            return AdamWithoutFirstMoment(params, lr=lr, beta2=betas[1], eps=eps)
-        if weight_decay:
-            return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-        return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps)
+            cls, settings = AdamWithoutFirstMoment, {"lr": lr, "beta2": betas[1], "eps": eps}
+        elif weight_decay:
+            cls, settings = torch.optim.AdamW, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
+        else:
+            cls, settings = torch.optim.Adam, {"lr": lr, "betas": betas, "eps": eps}
+        if choice == "adam-sharded" and processes > 1:
+            from torch.distributed.optim import ZeroRedundancyOptimizer
+            return ZeroRedundancyOptimizer(params, optimizer_class=cls, **settings)
+        return cls(params, **settings)
     if choice == "adam8bit":
         return _adam8bit(params, lr, betas, eps, weight_decay)
     if choice == "adam-offload":

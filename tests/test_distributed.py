@@ -193,6 +193,49 @@ def test_bench_in_two_processes_killed_and_resumed_equals_one(tiny_mini_dir, tmp
     assert not list(two_out.rglob("*.parts")) and not list(two_out.rglob(".*.tmp"))
 
 
+SHARDED_RUNS = """
+import sys
+from erasure.config import EraseConfig
+from erasure.registry import get_method
+
+model, out = sys.argv[1], sys.argv[2]
+def trainer(optimizer):
+    config = EraseConfig.from_dict({"method": "sfd", "concept": "circle", "base_model": model, "steps": 3,
+                                    "batch_size": 2, "device": "cpu", "generator": "teacher", "optimizer": optimizer,
+                                    "checkpoint_every": 1})
+    return get_method("sfd").trainer_cls(config)
+trainer("adam").train(out + "/plain")
+sharded = trainer("adam-sharded")
+sharded.train(out + "/sharded")
+import json, os
+held = {name: len(opt.optim.state) for name, opt in (("G", sharded.optimizer), ("fake", sharded.fake_optimizer))}
+total = {"G": len(sharded.trainable), "fake": sum(1 for _ in sharded.fake.parameters())}
+with open(f"{out}/held-{os.environ['RANK']}.json", "w") as f:
+    json.dump({"held": held, "total": total}, f)
+trainer("adam-sharded").train(out + "/cut", stop_after=2)
+trainer("adam-sharded").train(out + "/cut", resume=True)
+"""
+
+
+def test_sharded_adam_states_train_and_resume_as_unsharded(tiny_mini_dir, tmp_path):
+    """--optimizer adam-sharded (ZeRO stage 1) for SFD's two optimizers: each process steps its
+    share of the weights, the checkpoint gathers the states, a resume deals them out again."""
+    script = tmp_path / "runs.py"
+    script.write_text(SHARDED_RUNS)
+    launch = two("x", tmp_path=tmp_path)
+    launch = launch[:launch.index("-m", 3)] + [str(script), str(tiny_mini_dir), str(tmp_path)]
+    check(launch, tmp_path)
+    held = [json.loads((tmp_path / f"held-{r}.json").read_text()) for r in (0, 1)]
+    for name in ("G", "fake"):  # each process holds the Adam states of its share of the weights only
+        assert all(0 < h["held"][name] < h["total"][name] for h in held)
+        assert held[0]["held"][name] + held[1]["held"][name] == held[0]["total"][name]
+    plain = load_file(str(tmp_path / "plain" / "erasure_model.safetensors"))
+    for run in ("sharded", "cut"):
+        again = load_file(str(tmp_path / run / "erasure_model.safetensors"))
+        assert all(torch.equal(plain[k], again[k]) for k in plain), run
+    assert not (tmp_path / "cut" / "checkpoint").exists()
+
+
 def test_without_a_launcher_nothing_is_initialised():
     from erasure import distributed
     assert not distributed.launched() and distributed.processes() == 1 and distributed.is_main()

@@ -173,7 +173,7 @@ class Trainer:
         """Every optimizer a method makes (its trained weights', DoCo's discriminator, SFD's fake
         net): Adam (AdamW with weight_decay) in the implementation the memory plan names
         (--optimizer; erasure/memory.py)."""
-        return make_adam(self.plan.optimizer, params, lr, betas, eps, weight_decay, self.device.type)
+        return make_adam(self.plan.optimizer, params, lr, betas, eps, weight_decay, self.device.type, self.processes)
 
     @staticmethod
     def copy_module(module: torch.nn.Module) -> torch.nn.Module:
@@ -325,10 +325,17 @@ class Trainer:
         n = len(prefix) + 1
         module.load_state_dict({k[n:]: v for k, v in tensors.items() if k.startswith(f"{prefix}.")})
         opt = {k[n:]: v for k, v in tensors.items() if k.startswith(f"{prefix}_optim.")}
-        optimizer_from_tensors(optimizer, opt, {"param_groups": optimizer.state_dict()["param_groups"]})
+        # its param groups as they are now (a sharded optimizer's own state_dict needs a gather first)
+        live = torch.optim.Optimizer.state_dict(optimizer) if hasattr(optimizer, "consolidate_state_dict") \
+            else optimizer.state_dict()
+        optimizer_from_tensors(optimizer, opt, {"param_groups": live["param_groups"]})
 
     def save_checkpoint(self, out_dir: Path) -> None:
-        """Every process holds the same weights, optimizer and generators: the main one writes them."""
+        """Every process holds the same weights, optimizer and generators: the main one writes them
+        (a sharded optimizer's states are first gathered to it, which every process takes part in)."""
+        for optimizer in vars(self).values():
+            if hasattr(optimizer, "consolidate_state_dict"):  # --optimizer adam-sharded under a launcher
+                optimizer.consolidate_state_dict(to=0)
         if self.rank != 0:
             return
         ckpt = out_dir / CHECKPOINT_DIR
