@@ -66,6 +66,8 @@ CONCEPT = {"esd-x": "van gogh", "esd-u": "nudity", "salun": "nudity", "doco": "n
 # every memory lever on (erasure/memory.py, the trainers' settings)
 LEVERS = {"gradient_checkpointing": "true", "optimizer": "adam8bit"}
 METHOD_LEVERS = {"salun": {"saliency_device": "cpu"}}
+# process counts of the adam-sharded estimate (defaults otherwise; Adam's states 1/N per process)
+SHARD_OVER = (2, 4, 8)
 # settings that only change a loop's length, lowered for the estimate (not its peak)
 LOOP_ONLY = {"salun": lambda cfg: {"n_forget": cfg.batch_size, "n_retain": cfg.batch_size},
              "doco": lambda cfg: {"n_anchor": max(cfg.batch_size, 2)}}
@@ -127,7 +129,7 @@ def sd_defaults(method: str, model: Path) -> dict:
 
 # ----------------------------------------------------------------------------- 1. estimates
 def estimate_method(method: str, model: Path, levers: bool, sample_size: int = 64, dtype: str = "bfloat16",
-                    plan_device: str = "cuda") -> dict:
+                    plan_device: str = "cuda", shard_over: tuple[int, ...] = ()) -> dict:
     from erasure.config import EraseConfig
     from erasure.estimate import estimate_training
 
@@ -140,7 +142,7 @@ def estimate_method(method: str, model: Path, levers: bool, sample_size: int = 6
     if levers:
         settings |= LEVERS | METHOD_LEVERS.get(method, {})
     t0 = time.perf_counter()
-    est = estimate_training(settings, model, sample_size=sample_size, plan_device=plan_device)
+    est = estimate_training(settings, model, sample_size=sample_size, plan_device=plan_device, shard_over=shard_over)
     return {**est.as_dict(), "loop_only": loop, "main_phase": MAIN_PHASE.get(method, {}), "levers": levers, "estimate_s": round(time.perf_counter() - t0, 1)}
 
 
@@ -314,7 +316,7 @@ def run_task(task: str, method: str, args: argparse.Namespace) -> dict:
             batch = 8  # run_attack's default attack batch
             return {"defaults": estimate_attack(args.model, batch, levers=False),
                     "all_levers": estimate_attack(args.model, 1, levers=True)}
-        return {"defaults": estimate_method(method, args.model, levers=False),
+        return {"defaults": estimate_method(method, args.model, levers=False, shard_over=SHARD_OVER),
                 "all_levers": estimate_method(method, args.model, levers=True)}
     if task == "cpu":
         return cpu_run(method, args.model, args.out)
@@ -356,6 +358,7 @@ def main() -> None:
         row = {"method": method, "concept": CONCEPT[method],
                "est_peak_gib_512_bf16": est.get("defaults", {}).get("peak_gib"),
                "est_peak_gib_512_bf16_all_levers": est.get("all_levers", {}).get("peak_gib"),
+               "est_peak_gib_512_bf16_sharded": est.get("defaults", {}).get("sharded_peak_gib"),
                "cpu_s_per_step": None, "delta_mb": None, "estimate": est}
         if method != "attack":
             trained = est.get("defaults", {}).get("trained_params")
@@ -406,13 +409,14 @@ def fmt(x) -> str:
 
 def print_table(rows: list[dict], validation: list[dict]) -> None:
     print("\n| method | concept | trained params (M) | delta file (MB) | est. peak 512 px bf16, defaults (GiB) | "
-          "all levers (GiB) | CPU s/step (256 px) | end to end |")
-    print("|---|---|---|---|---|---|---|---|")
+          "all levers (GiB) | adam-sharded, per GPU of 2 / 4 / 8 (GiB) | CPU s/step (256 px) | end to end |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         run = r.get("run", {})
         chain = "not run" if not run else f"failed: {run['error']}" if "error" in run else "ok"
         print(f"| {r['method']} | {r['concept']} | {fmt(r.get('trained_params'))} | {fmt(r['delta_mb'])} | "
               f"{fmt(r['est_peak_gib_512_bf16'])} | {fmt(r['est_peak_gib_512_bf16_all_levers'])} | "
+              f"{' / '.join(str(v) for v in (r.get('est_peak_gib_512_bf16_sharded') or {}).values()) or '-'} | "
               f"{fmt(r['cpu_s_per_step'])} | {chain} |")
     if validation:
         print("\n| method | resolution | estimated (GiB) | measured (GiB) | error |")

@@ -39,6 +39,8 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from .errors import UserError
+
 GIB = 2 ** 30
 
 
@@ -174,6 +176,9 @@ class Estimate:
     peak: int
     step_peaks: list[int] = field(default_factory=list)
     trained_params: int = 0
+    optimizer_state: int = 0  # bytes of every optimizer's states (Adam's moments and steps)
+    # processes -> the peak of the most loaded process with --optimizer adam-sharded
+    sharded_peaks: dict[int, int] = field(default_factory=dict)
 
     @property
     def peak_gib(self) -> float:
@@ -182,13 +187,49 @@ class Estimate:
     def as_dict(self) -> dict:
         return {"after_setup_gib": round(self.after_setup / GIB, 2), "setup_peak_gib": round(self.setup_peak / GIB, 2),
                 "peak_gib": round(self.peak_gib, 2),
-                "step_peaks_gib": [round(p / GIB, 2) for p in self.step_peaks], "trained_params": self.trained_params}
+                "step_peaks_gib": [round(p / GIB, 2) for p in self.step_peaks], "trained_params": self.trained_params,
+                "optimizer_state_gib": round(self.optimizer_state / GIB, 2),
+                "sharded_peak_gib": {str(n): round(p / GIB, 2) for n, p in self.sharded_peaks.items()}}
+
+
+def state_bytes(optimizer: torch.optim.Optimizer) -> list[tuple[int, int]]:
+    """(numel, bytes of its optimizer state) of every parameter of `optimizer`, in group order."""
+    return [(p.numel(), sum(v.numel() * v.element_size() for v in optimizer.state.get(p, {}).values()
+                            if torch.is_tensor(v)))
+            for group in optimizer.param_groups for p in group["params"]]
+
+
+def zero_shares(params: list[tuple[int, int]], processes: int) -> list[int]:
+    """Bytes of optimizer state each process holds when torch's ZeroRedundancyOptimizer
+    partitions these (numel, state bytes) parameters: largest first, each to the process
+    holding the fewest elements so far (its _partition_parameters)."""
+    numels, held = [0] * processes, [0] * processes
+    for numel, nbytes in sorted(params, key=lambda x: x[0], reverse=True):
+        rank = numels.index(min(numels))
+        numels[rank] += numel
+        held[rank] += nbytes
+    return held
+
+
+def sharded_peak(estimate: "Estimate", optimizers: list[list[tuple[int, int]]], processes: int) -> int:
+    """The most loaded process's peak with adam-sharded over `processes`: every optimizer's states
+    cut to that process's share from the second step on (the first step creates the states, and
+    is kept as measured). Each optimizer is partitioned on its own, as each is its own
+    ZeroRedundancyOptimizer; the worst process is the one holding most in all of them."""
+    shares = [zero_shares(params, processes) for params in optimizers]
+    worst = max(sum(share[r] for share in shares) for r in range(processes))
+    saved = estimate.optimizer_state - worst
+    later = [p - saved for p in estimate.step_peaks[1:]]
+    return max([estimate.setup_peak, *estimate.step_peaks[:1], *later])
 
 
 def estimate_training(settings: dict, model_dir: str | Path, sample_size: int | None = None, steps: int = 2,
-                      plan_device: str = "cuda", cache_dir: str | Path | None = None) -> Estimate:
+                      plan_device: str = "cuda", cache_dir: str | Path | None = None,
+                      shard_over: tuple[int, ...] = ()) -> Estimate:
     """Peak memory of `steps` optimizer steps of the method in `settings` (EraseConfig keys;
-    base_model is set to `model_dir`) on the fake model."""
+    base_model is set to `model_dir`) on the fake model; for each process count in `shard_over`,
+    also the per-process peak with --optimizer adam-sharded (the run itself is one process:
+    the sharding is applied to the measured optimizer states, see `sharded_peak`)."""
     import tempfile
 
     from .config import EraseConfig
@@ -205,7 +246,13 @@ def estimate_training(settings: dict, model_dir: str | Path, sample_size: int | 
         after_setup, setup_peak = tracker.now, tracker.peak
         step_peaks = run_steps(trainer, steps, tracker)
         trained = sum(p.numel() for p in trainer.trainable.values())
-    return Estimate(after_setup, setup_peak, max([setup_peak, *step_peaks]), step_peaks, trained)
+        optimizers = [state_bytes(v) for v in vars(trainer).values() if isinstance(v, torch.optim.Optimizer)]
+    estimate = Estimate(after_setup, setup_peak, max([setup_peak, *step_peaks]), step_peaks, trained,
+                        optimizer_state=sum(b for params in optimizers for _, b in params))
+    if shard_over and trainer.plan.optimizer not in ("adam", "adam-sharded"):
+        raise UserError(f"a sharded estimate is for --optimizer adam-sharded (this plan: {trainer.plan.optimizer})")
+    estimate.sharded_peaks = {n: sharded_peak(estimate, optimizers, n) for n in shard_over}
+    return estimate
 
 
 def run_steps(trainer, steps: int, tracker: LiveBytes) -> list[int]:

@@ -14,6 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from erasure.estimate import zero_shares
+
 
 def _env(tmp_path: Path) -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "XDG_CACHE_HOME": str(tmp_path / "xdg"),
@@ -204,14 +206,18 @@ def trainer(optimizer):
                                     "batch_size": 2, "device": "cpu", "generator": "teacher", "optimizer": optimizer,
                                     "checkpoint_every": 1})
     return get_method("sfd").trainer_cls(config)
-trainer("adam").train(out + "/plain")
+import json, os
+from erasure.estimate import state_bytes
+plain = trainer("adam")
+plain.train(out + "/plain")
 sharded = trainer("adam-sharded")
 sharded.train(out + "/sharded")
-import json, os
-held = {name: len(opt.optim.state) for name, opt in (("G", sharded.optimizer), ("fake", sharded.fake_optimizer))}
-total = {"G": len(sharded.trainable), "fake": sum(1 for _ in sharded.fake.parameters())}
+pairs = {"G": (plain.optimizer, sharded.optimizer), "fake": (plain.fake_optimizer, sharded.fake_optimizer)}
 with open(f"{out}/held-{os.environ['RANK']}.json", "w") as f:
-    json.dump({"held": held, "total": total}, f)
+    json.dump({name: {"held": len(z.optim.state), "total": len(p.state), "unsharded": state_bytes(p),
+                      "held_bytes": sum(v.numel() * v.element_size() for s in z.optim.state.values()
+                                        for v in s.values() if hasattr(v, "numel"))}
+               for name, (p, z) in pairs.items()}, f)
 trainer("adam-sharded").train(out + "/cut", stop_after=2)
 trainer("adam-sharded").train(out + "/cut", resume=True)
 """
@@ -227,8 +233,11 @@ def test_sharded_adam_states_train_and_resume_as_unsharded(tiny_mini_dir, tmp_pa
     check(launch, tmp_path)
     held = [json.loads((tmp_path / f"held-{r}.json").read_text()) for r in (0, 1)]
     for name in ("G", "fake"):  # each process holds the Adam states of its share of the weights only
-        assert all(0 < h["held"][name] < h["total"][name] for h in held)
-        assert held[0]["held"][name] + held[1]["held"][name] == held[0]["total"][name]
+        assert all(0 < h[name]["held"] < h[name]["total"] for h in held)
+        assert held[0][name]["held"] + held[1][name]["held"] == held[0][name]["total"]
+        # the memory estimate's model of the partition: the very bytes each process holds
+        predicted = zero_shares([tuple(x) for x in held[0][name]["unsharded"]], 2)
+        assert predicted == [held[0][name]["held_bytes"], held[1][name]["held_bytes"]]
     plain = load_file(str(tmp_path / "plain" / "erasure_model.safetensors"))
     for run in ("sharded", "cut"):
         again = load_file(str(tmp_path / run / "erasure_model.safetensors"))

@@ -82,3 +82,18 @@ def test_the_attack_estimate_grows_with_its_batch(tiny_dir):
     assert three.peak > one.peak > one.after_setup > 0
     bf16 = estimate_discrete_attack(tiny_dir, attack_batch=1, dtype=torch.bfloat16, gradient_checkpointing=False)
     assert bf16.after_setup < one.after_setup
+
+
+def test_a_sharded_estimate_keeps_one_process_share_of_the_optimizer_states(tiny_dir):
+    est = estimate_training({**ESD, "method": "esd-x"}, tiny_dir, plan_device="cpu", shard_over=(1, 2, 4))
+    assert est.optimizer_state > 0 and est.sharded_peaks[1] == est.peak
+    assert est.peak > est.sharded_peaks[2] > est.sharded_peaks[4] >= est.setup_peak
+    # at most the other processes' share is saved: no more than (1 - 1/N) of the states
+    assert est.peak - est.sharded_peaks[2] <= est.optimizer_state / 2 + 1
+    assert est.as_dict()["sharded_peak_gib"].keys() == {"1", "2", "4"}
+
+
+def test_zero_shares_place_the_largest_first_on_the_least_loaded():
+    from erasure.estimate import zero_shares
+    assert zero_shares([(10, 80), (3, 24), (8, 64), (2, 16)], 2) == [80 + 16, 64 + 24]
+    assert zero_shares([(5, 40)], 3) == [40, 0, 0]
