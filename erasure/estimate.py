@@ -256,20 +256,13 @@ def estimate_training(settings: dict, model_dir: str | Path, sample_size: int | 
 
 
 def run_steps(trainer, steps: int, tracker: LiveBytes) -> list[int]:
-    """`steps` optimizer steps of `trainer` as Trainer.train runs them, without reading the loss
-    back; the tracker's maximum within each step."""
-    cfg = trainer.config
+    """`steps` optimizer steps of `trainer` as Trainer.train runs them (its own
+    accumulate_gradients, without reading the loss back); the tracker's maximum within each step."""
     peaks = []
     for _ in range(steps):
         tracker.peak = tracker.now
         trainer.optimizer.zero_grad(set_to_none=True)
-        for _ in range(cfg.grad_accum):
-            with trainer.autocast():
-                result = trainer.compute_loss()
-            loss = result[0] if isinstance(result, tuple) else result
-            if loss.requires_grad:
-                (loss / cfg.grad_accum).backward()
-            del result, loss
+        trainer.accumulate_gradients(None, read_loss=False)
         trainer.before_optimizer_step()
         trainer.optimizer.step()
         trainer.step += 1

@@ -391,11 +391,13 @@ class Trainer:
                 f"the loss became {loss.item()} at step {self.step}; stopped. The last good checkpoint is in "
                 f"{out / CHECKPOINT_DIR} (if any): lower --lr or use --dtype float32, then --resume")
 
-    def accumulate_gradients(self, out: Path) -> tuple[float, dict[str, float]]:
+    def accumulate_gradients(self, out: Path | None, read_loss: bool = True) -> tuple[float, dict[str, float]]:
         """One optimizer step's gradients: `grad_accum` micro-batches of compute_loss, each
         backward scaled by 1 / grad_accum, so the step is on their mean. Returns the mean loss
         and the last micro-batch's logs. `self.micro_step` says which micro-batch runs (DoCo
-        steps its discriminator on the last). SFD overrides it (two updates per step)."""
+        steps its discriminator on the last). SFD overrides it (two updates per step).
+        `read_loss=False` neither checks nor reads the loss back (the memory estimate's fake
+        tensors have no values; the mean loss returned is then 0)."""
         cfg = self.config
         logs: dict[str, float] = {}
         total = 0.0
@@ -403,10 +405,12 @@ class Trainer:
             with self.autocast():
                 result = self.compute_loss()
             loss, logs = result if isinstance(result, tuple) else (result, {})
-            self.check_loss(loss, out)
+            if read_loss:
+                self.check_loss(loss, out)
             if loss.requires_grad:  # a method that sets .grad itself (DoCo) returns a detached loss
                 (loss / cfg.grad_accum).backward()
-            total += loss.item() / cfg.grad_accum
+            if read_loss:
+                total += loss.item() / cfg.grad_accum
         self.micro_step = 0
         return total, logs
 

@@ -120,6 +120,13 @@ class ESDConfig(EraseConfig):
 TARGET_ROWS = 64
 
 
+def esd_equation(eps_from: torch.Tensor, eps_f: torch.Tensor, eps_0: torch.Tensor, eta: float) -> torch.Tensor:
+    """ESD's target (Eq. 3), eps*(c_0) - eta (eps*(c_f) - eps*(c_0)) with c_0 the baseline, written
+    as eps*(c_from) - (1 + eta)(eps*(c_f) - eps*(c_0)) so that erase_from generalises it (c_from =
+    c_f gives Eq. 3). The one place it is written: esd_target and esd_target_from both end here."""
+    return eps_from - (1 + eta) * (eps_f - eps_0)
+
+
 class ESDTrainer(Trainer):
     config_cls = ESDConfig
 
@@ -298,7 +305,7 @@ class ESDTrainer(Trainer):
         eps_f = eps[-1] if self.c_from is not None else eps_sampled
         eps_from = eps_sampled
         eps_0 = eps_uncond if cfg.baseline == "empty" else torch.stack(eps[:c_0.shape[1]]).mean(0)
-        return eps_from - (1 + cfg.negative_guidance) * (eps_f - eps_0), eps_f
+        return esd_equation(eps_from, eps_f, eps_0, cfg.negative_guidance), eps_f
 
     @torch.no_grad()
     def esd_target(self, x_t: torch.Tensor, t: torch.Tensor, k: int, prompt_ids: torch.Tensor
@@ -319,7 +326,7 @@ class ESDTrainer(Trainer):
         s = c_0.shape[1]
         eps_0, eps_f = torch.stack(eps[:s]).mean(0), eps[s]
         eps_from = eps[s + 1] if self.c_from is not None else eps_f
-        return eps_from - (1 + cfg.negative_guidance) * (eps_f - eps_0), eps_f
+        return esd_equation(eps_from, eps_f, eps_0, cfg.negative_guidance), eps_f
 
     def compute_loss(self):
         cfg: ESDConfig = self.config

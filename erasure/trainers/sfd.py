@@ -502,12 +502,14 @@ class SFDTrainer(Trainer):
         loss, generator_logs = self.generator_backward(forget=True)
         return loss, {**logs, **generator_logs}
 
-    def accumulate_gradients(self, out):
+    def accumulate_gradients(self, out, read_loss: bool = True):
         """SFD's step alternates two updates, so its micro-batches live inside them: the fake
         net steps once on the mean of `grad_accum` micro-batches, then G's gradient is the mean
         of as many (compute_loss); the Trainer then steps G once."""
         with self.autocast():
             loss, logs = self.compute_loss()
+        if not read_loss:
+            return 0.0, logs
         self.check_loss(loss, out)
         return loss.item(), logs
 
