@@ -63,6 +63,28 @@ def test_eval_in_two_processes_equals_one(tiny_sd_dir, prompts, tmp_path):
         assert (tmp_path / "c1" / f).read_bytes() == (tmp_path / "c2" / f).read_bytes()
 
 
+def test_a_killed_two_process_eval_resumes_from_its_cache(tiny_sd_dir, prompts, tmp_path):
+    common = ["eval", "--model", str(tiny_sd_dir), "--prompts", str(prompts), "--images-per-prompt", "6", "--steps", "2",
+              "--batch-size", "2", "--device", "cpu"]
+    cache = tmp_path / "c2"
+    proc = subprocess.Popen(two(*common, "--json", str(tmp_path / "two.json"), "--cache", str(cache), tmp_path=tmp_path),
+                            env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list(cache.rglob("*.png")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    _kill_tree(proc)
+    kept = {p: p.read_bytes() for p in cache.rglob("*.png")}
+    assert kept and not (tmp_path / "two.json").exists()
+    check(two(*common, "--json", str(tmp_path / "two.json"), "--cache", str(cache), tmp_path=tmp_path), tmp_path)
+    check(one(*common, "--json", str(tmp_path / "one.json"), "--cache", str(tmp_path / "c1")), tmp_path)
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert b["generation"] == {"generated": 24 - len(kept), "cached": len(kept)}  # the rerun made only what was missing
+    assert a["summary"] == b["summary"] and a["per_prompt"] == b["per_prompt"]
+    assert all(p.read_bytes() == data for p, data in kept.items())
+    for f in a["image_files"]:
+        assert (tmp_path / "c1" / f).read_bytes() == (cache / f).read_bytes()
+
+
 def test_attack_in_two_processes_equals_one_and_leaves_no_parts(tiny_mini_dir, tmp_path):
     common = ["attack", "--model", str(tiny_mini_dir), "--suite", "mini", "--concept", "circle", "--limit", "3",
               "--attack-batch", "1", "--timesteps", "1", "--iterations", "2", "--device", "cpu"]
@@ -72,6 +94,26 @@ def test_attack_in_two_processes_equals_one_and_leaves_no_parts(tiny_mini_dir, t
     assert a["summary"]["n_prompts"] == 3
     assert a["summary"] == b["summary"] and a["per_prompt"] == b["per_prompt"]  # adversarial prompts and losses too
     assert not (tmp_path / "two.json.parts").exists()
+
+
+def test_a_killed_two_process_attack_resumes_from_its_parts(tiny_mini_dir, tmp_path):
+    common = ["attack", "--model", str(tiny_mini_dir), "--suite", "mini", "--concept", "circle", "--limit", "6",
+              "--attack-batch", "1", "--timesteps", "1", "--iterations", "2", "--device", "cpu"]
+    out = tmp_path / "two.json"
+    proc = subprocess.Popen(two(*common, "--json", str(out), tmp_path=tmp_path), env=_env(tmp_path),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = tmp_path / "two.json.parts"
+    deadline = time.time() + 300
+    while not list(parts.glob("rank-*.json")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    _kill_tree(proc)
+    assert list(parts.glob("rank-*.json")) and not out.exists()  # killed with some prompts attacked
+    check(two(*common, "--json", str(out), tmp_path=tmp_path), tmp_path)
+    check(one(*common, "--json", str(tmp_path / "one.json")), tmp_path)
+    a, b = json.loads((tmp_path / "one.json").read_text()), json.loads(out.read_text())
+    assert a["summary"]["n_prompts"] == 6
+    assert a["summary"] == b["summary"] and a["per_prompt"] == b["per_prompt"]
+    assert not parts.exists()
 
 
 def _max_diff(a: Path, b: Path) -> float:
