@@ -199,28 +199,47 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> list[tuple[int, int]]:
             for group in optimizer.param_groups for p in group["params"]]
 
 
+def zero_partition(groups: list[list[int]], processes: int) -> list[list[tuple[int, int]]]:
+    """(group, index) of the parameters each process steps when torch's ZeroRedundancyOptimizer
+    partitions an optimizer whose param groups hold parameters of these sizes (numel): within
+    each group largest first, each to the process holding the fewest elements so far, the
+    counts carried over from group to group (its _partition_parameters)."""
+    numels = [0] * processes
+    parts: list[list[tuple[int, int]]] = [[] for _ in range(processes)]
+    for g, sizes in enumerate(groups):
+        for i in sorted(range(len(sizes)), key=lambda i: sizes[i], reverse=True):  # stable, as torch's sort
+            rank = numels.index(min(numels))
+            parts[rank].append((g, i))
+            numels[rank] += sizes[i]
+    return parts
+
+
 def zero_shares(params: list[tuple[int, int]], processes: int) -> list[int]:
-    """Bytes of optimizer state each process holds when torch's ZeroRedundancyOptimizer
-    partitions these (numel, state bytes) parameters: largest first, each to the process
-    holding the fewest elements so far (its _partition_parameters)."""
-    numels, held = [0] * processes, [0] * processes
-    for numel, nbytes in sorted(params, key=lambda x: x[0], reverse=True):
-        rank = numels.index(min(numels))
-        numels[rank] += numel
-        held[rank] += nbytes
-    return held
+    """Bytes of optimizer state each process holds, for one param group of (numel, state bytes)."""
+    parts = zero_partition([[n for n, _ in params]], processes)
+    return [sum(params[i][1] for _, i in part) for part in parts]
 
 
-def sharded_peak(estimate: "Estimate", optimizers: list[list[tuple[int, int]]], processes: int) -> int:
-    """The most loaded process's peak with adam-sharded over `processes`: every optimizer's states
-    cut to that process's share from the second step on (the first step creates the states, and
-    is kept as measured). Each optimizer is partitioned on its own, as each is its own
-    ZeroRedundancyOptimizer; the worst process is the one holding most in all of them."""
-    shares = [zero_shares(params, processes) for params in optimizers]
-    worst = max(sum(share[r] for share in shares) for r in range(processes))
-    saved = estimate.optimizer_state - worst
-    later = [p - saved for p in estimate.step_peaks[1:]]
-    return max([estimate.setup_peak, *estimate.step_peaks[:1], *later])
+def shard_optimizers(trainer, processes: int) -> None:
+    """Leave each optimizer of `trainer` stepping only the share of one process under
+    --optimizer adam-sharded (the process with the most elements over all of them): its states
+    are that share's; zero_grad still clears every gradient, as ZeroRedundancyOptimizer's does."""
+    optimizers = [v for v in vars(trainer).values() if isinstance(v, torch.optim.Optimizer)]
+    parts = [zero_partition([[p.numel() for p in g["params"]] for g in opt.param_groups], processes)
+             for opt in optimizers]
+    load = [sum(opt.param_groups[g]["params"][i].numel() for opt, ps in zip(optimizers, parts) for g, i in ps[r])
+            for r in range(processes)]
+    worst = load.index(max(load))
+    for opt, ps in zip(optimizers, parts):
+        every = [p for g in opt.param_groups for p in g["params"]]
+        mine = set(ps[worst])
+        for g, group in enumerate(opt.param_groups):
+            group["params"] = [p for i, p in enumerate(group["params"]) if (g, i) in mine]
+
+        def zero_grad(set_to_none: bool = True, every=every) -> None:
+            for p in every:
+                p.grad = None
+        opt.zero_grad = zero_grad
 
 
 def estimate_training(settings: dict, model_dir: str | Path, sample_size: int | None = None, steps: int = 2,
@@ -228,31 +247,38 @@ def estimate_training(settings: dict, model_dir: str | Path, sample_size: int | 
                       shard_over: tuple[int, ...] = ()) -> Estimate:
     """Peak memory of `steps` optimizer steps of the method in `settings` (EraseConfig keys;
     base_model is set to `model_dir`) on the fake model; for each process count in `shard_over`,
-    also the per-process peak with --optimizer adam-sharded (the run itself is one process:
-    the sharding is applied to the measured optimizer states, see `sharded_peak`)."""
-    import tempfile
-
+    also the most loaded process's peak with --optimizer adam-sharded: the same run again, each
+    optimizer stepping that process's share only (shard_optimizers)."""
     from .config import EraseConfig
-    from .registry import get_method
 
     cfg = EraseConfig.from_dict({**settings, "base_model": str(model_dir), "device": "cpu"})
+    estimate = _estimate_run(cfg, model_dir, sample_size, steps, plan_device, cache_dir, processes=1)
+    for n in shard_over:
+        estimate.sharded_peaks[n] = _estimate_run(cfg, model_dir, sample_size, steps, plan_device, cache_dir, n).peak
+    return estimate
+
+
+def _estimate_run(cfg, model_dir, sample_size, steps, plan_device, cache_dir, processes: int) -> Estimate:
+    import tempfile
+
+    from .registry import get_method
+
     tracker = LiveBytes()
     with tempfile.TemporaryDirectory() as tmp, fake_friendly(plan_device), tracker:
         pipe = pipeline_from_configs(model_dir, sample_size)
         trainer = get_method(cfg.method).trainer_cls(cfg, pipe=pipe, cache_dir=cache_dir or tmp)
         del pipe
+        if processes > 1:
+            if trainer.plan.optimizer not in ("adam", "adam-sharded"):
+                raise UserError(f"a sharded estimate is for --optimizer adam-sharded (this plan: {trainer.plan.optimizer})")
+            shard_optimizers(trainer, processes)
         gc.collect()
         tracker.scan()
         after_setup, setup_peak = tracker.now, tracker.peak
         step_peaks = run_steps(trainer, steps, tracker)
         trained = sum(p.numel() for p in trainer.trainable.values())
-        optimizers = [state_bytes(v) for v in vars(trainer).values() if isinstance(v, torch.optim.Optimizer)]
-    estimate = Estimate(after_setup, setup_peak, max([setup_peak, *step_peaks]), step_peaks, trained,
-                        optimizer_state=sum(b for params in optimizers for _, b in params))
-    if shard_over and trainer.plan.optimizer not in ("adam", "adam-sharded"):
-        raise UserError(f"a sharded estimate is for --optimizer adam-sharded (this plan: {trainer.plan.optimizer})")
-    estimate.sharded_peaks = {n: sharded_peak(estimate, optimizers, n) for n in shard_over}
-    return estimate
+        state = sum(b for v in vars(trainer).values() if isinstance(v, torch.optim.Optimizer) for _, b in state_bytes(v))
+    return Estimate(after_setup, setup_peak, max([setup_peak, *step_peaks]), step_peaks, trained, optimizer_state=state)
 
 
 def run_steps(trainer, steps: int, tracker: LiveBytes) -> list[int]:
