@@ -159,12 +159,9 @@ class Bench:
                 return None
         # one process, or the main one after the shares: every piece is computed, or read back from OUT
         for concept, proto in zip(self.s.concepts, protocols):
-            self.protocols[concept] = proto
-            self.sets[concept] = self.prepare(concept, proto)
-            self.measure(BASE, self.model, concept)
+            self.open_concept(concept, proto)
             for method in self.s.methods:
-                erasure = resolve(train_erasure(self.s, method, concept, self.log))
-                self.measure(method, erasure, concept)
+                self.measure_pair(method, concept)
         from .report import write_bench_report
         from .scoring import summarize
         results = self.collect()
@@ -180,16 +177,26 @@ class Bench:
         concept) pair's training and measurements (which read the base's pieces)."""
         units = list(zip(self.s.concepts, protocols))
         for concept, proto in distributed.deal(units):
-            self.protocols[concept] = proto
-            self.sets[concept] = self.prepare(concept, proto)
-            self.measure(BASE, self.model, concept)
+            self.open_concept(concept, proto)
         distributed.wait()
-        for concept, proto in units:  # every concept's prompt sets, read back
-            self.protocols[concept] = proto
-            self.sets[concept] = self.prepare(concept, proto)  # cached: read back (atomic files)
+        for concept, proto in units:  # every concept's prompt sets, read back (atomic files)
+            self.open_concept(concept, proto, measure_base=False)
         for method, concept in distributed.deal([(m, c) for c in self.s.concepts for m in self.s.methods]):
-            self.measure(method, resolve(train_erasure(self.s, method, concept, self.log, data_parallel=False)), concept)
+            self.measure_pair(method, concept)
         distributed.wait()
+
+    def open_concept(self, concept: str, proto, measure_base: bool = True) -> None:
+        """The concept's protocol and prompt sets (computed or read back), and the base model's
+        measurements on them."""
+        self.protocols[concept] = proto
+        self.sets[concept] = self.prepare(concept, proto)
+        if measure_base:
+            self.measure(BASE, self.model, concept)
+
+    def measure_pair(self, method: str, concept: str) -> None:
+        """Train (or reuse) the method's erasure of the concept, in this process alone (under a
+        launcher each process has pairs of its own), and measure it."""
+        self.measure(method, resolve(train_erasure(self.s, method, concept, self.log, data_parallel=False)), concept)
 
     def prepare(self, concept: str, proto) -> dict:
         """The concept's prompt sets, the Ring-A-Bell prompts (base text encoder) and the user's file."""
