@@ -68,6 +68,8 @@ LEVERS = {"gradient_checkpointing": "true", "optimizer": "adam8bit"}
 METHOD_LEVERS = {"salun": {"saliency_device": "cpu"}}
 # process counts of the adam-sharded estimate (defaults otherwise; Adam's states 1/N per process)
 SHARD_OVER = (2, 4, 8)
+# a method's reference run on several GPUs: SFD's nudity run, 8 GPUs x batch 1 (run_sfd.sh)
+REFERENCE_LAYOUT = {"sfd": {"processes": 8, "batch_size": 1}}
 # settings that only change a loop's length, lowered for the estimate (not its peak)
 LOOP_ONLY = {"salun": lambda cfg: {"n_forget": cfg.batch_size, "n_retain": cfg.batch_size},
              "doco": lambda cfg: {"n_anchor": max(cfg.batch_size, 2)}}
@@ -129,7 +131,7 @@ def sd_defaults(method: str, model: Path) -> dict:
 
 # ----------------------------------------------------------------------------- 1. estimates
 def estimate_method(method: str, model: Path, levers: bool, sample_size: int = 64, dtype: str = "bfloat16",
-                    plan_device: str = "cuda", shard_over: tuple[int, ...] = ()) -> dict:
+                    plan_device: str = "cuda", shard_over: tuple[int, ...] = (), overrides: dict | None = None) -> dict:
     from erasure.config import EraseConfig
     from erasure.estimate import estimate_training
 
@@ -141,6 +143,7 @@ def estimate_method(method: str, model: Path, levers: bool, sample_size: int = 6
         settings["generator"] = "teacher"  # where G starts does not change what is allocated
     if levers:
         settings |= LEVERS | METHOD_LEVERS.get(method, {})
+    settings |= overrides or {}
     t0 = time.perf_counter()
     est = estimate_training(settings, model, sample_size=sample_size, plan_device=plan_device, shard_over=shard_over)
     return {**est.as_dict(), "loop_only": loop, "main_phase": MAIN_PHASE.get(method, {}), "levers": levers, "estimate_s": round(time.perf_counter() - t0, 1)}
@@ -316,8 +319,14 @@ def run_task(task: str, method: str, args: argparse.Namespace) -> dict:
             batch = 8  # run_attack's default attack batch
             return {"defaults": estimate_attack(args.model, batch, levers=False),
                     "all_levers": estimate_attack(args.model, 1, levers=True)}
-        return {"defaults": estimate_method(method, args.model, levers=False, shard_over=SHARD_OVER),
-                "all_levers": estimate_method(method, args.model, levers=True)}
+        result = {"defaults": estimate_method(method, args.model, levers=False, shard_over=SHARD_OVER),
+                  "all_levers": estimate_method(method, args.model, levers=True)}
+        if method in REFERENCE_LAYOUT:  # the paper's GPUs, each with its share of the batch
+            layout = REFERENCE_LAYOUT[method]
+            result["reference_layout"] = {**layout, **estimate_method(
+                method, args.model, levers=False, shard_over=(layout["processes"],),
+                overrides={"batch_size": layout["batch_size"], "optimizer": "adam-sharded"})}
+        return result
     if task == "cpu":
         return cpu_run(method, args.model, args.out)
     if task == "cuda":
