@@ -5,6 +5,7 @@ Every mistake a user can fix ends as one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -62,17 +63,35 @@ def _cache_root(args) -> Path:
 
 
 def cmd_eval(args) -> int:
+    from . import harness
     from .eval.run import run_eval
 
+    if not (args.json or args.out):
+        raise UserError("say where results go: --json OUT.json and/or --out REPORT_DIR")
+    device = None if args.device == "auto" else args.device
+    if args.harness:  # every setting from the recorded harness; the model too unless --model is given
+        replay = {**harness.read(args.harness, "eval"), "source": str(args.harness)}
+        arguments = dict(replay["arguments"])
+        if args.model is not None:
+            arguments["model"] = args.model
+        if args.compare is not None:
+            arguments["compare"] = args.compare
+        try:
+            _, lines = run_eval(arguments.pop("model"), _cache_root(args), **arguments, json_out=args.json,
+                                out=args.out, grid=args.grid, device=device, replay=replay)
+        except TypeError as e:
+            raise UserError(f"{args.harness}: its harness does not fit this version's erasure eval ({e}); "
+                            "record it again") from None
+        for line in lines:
+            print(line)
+        return 0
     if bool(args.suite) == bool(args.prompts):
         raise UserError("give exactly one of --suite NAME or --prompts FILE.csv (erasure eval --help lists the suites)")
     if args.images_per_prompt is not None:
         _positive("images-per-prompt", args.images_per_prompt)
     if args.limit is not None:
         _positive("limit", args.limit)
-    if not (args.json or args.out):
-        raise UserError("say where results go: --json OUT.json and/or --out REPORT_DIR")
-    _, lines = run_eval(args.model, _cache_root(args), suite=args.suite, prompts=args.prompts,
+    _, lines = run_eval(args.model or "minisd", _cache_root(args), suite=args.suite, prompts=args.prompts,
                         metrics=[m.strip() for m in args.metrics.split(",")] if args.metrics else None,
                         images_per_prompt=args.images_per_prompt, limit=args.limit, concept=args.concept,
                         compare=args.compare, json_out=args.json, out=args.out, grid=args.grid,
@@ -80,8 +99,7 @@ def cmd_eval(args) -> int:
                         reference=args.reference, inception_weights=args.inception_weights,
                         attack_budget=args.attack_budget, seed=args.seed,
                         sampling=_sampling_flags(args),  # under each model's own
-                        device=None if args.device == "auto" else args.device,
-                        batch_size=_positive("batch-size", args.batch_size))
+                        device=device, batch_size=_positive("batch-size", args.batch_size))
     for line in lines:
         print(line)
     return 0
@@ -271,25 +289,62 @@ def cmd_export_text_encoder(args) -> int:
     return 0
 
 
-def cmd_attack(args) -> int:
-    from .attacks.discrete import DiscreteAttackConfig
-    from .eval.asr import attack_prompt_set
+def _set_pairs(pairs: list[str] | None) -> dict:
+    """--set key=value (repeatable; a comma list becomes a list; numbers and true/false are read as such)."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set takes key=value, got '{pair}' (e.g. --set steps=300)")
 
-    if args.limit is not None:
-        _positive("limit", args.limit)
-    attack = DiscreteAttackConfig.budgeted(args.budget, n_tokens=_positive("n-tokens", args.n_tokens),
-                                           timesteps=args.timesteps, iterations=args.iterations, lr=args.lr,
-                                           seed=args.seed)
-    report = attack_prompt_set(args.model, args.json, attack, concept=args.concept, suite=args.suite,
-                               prompts=args.prompts, seed=args.seed, limit=args.limit,
-                               device=None if args.device == "auto" else args.device, sampler=args.sampler,
-                               attack_batch=_positive("attack-batch", args.attack_batch), dtype=args.dtype,
-                               gradient_checkpointing=args.gradient_checkpointing)
+        def read(v: str):
+            try:
+                return json.loads(v)
+            except ValueError:
+                return v
+        out[key.strip().replace("-", "_")] = [read(v) for v in value.split(",")] if "," in value else read(value)
+    return out
+
+
+def cmd_attack(args) -> int:
+    from . import harness
+    from .eval.attacks import attack_command
+
+    replay = None
+    if args.harness:
+        replay = {**harness.read(args.harness, "attack"), "source": str(args.harness)}
+        arguments = dict(replay["arguments"])
+        if args.model is not None:  # the recorded harness on another model
+            arguments["model"] = args.model
+        arguments["device"] = None if args.device == "auto" else args.device
+    else:
+        if args.limit is not None:
+            _positive("limit", args.limit)
+        settings = _set_pairs(args.set)
+        for flag, key in (("n_tokens", "n_tokens"), ("timesteps", "timesteps"), ("iterations", "iterations"),
+                          ("lr", "lr")):
+            if getattr(args, flag) is not None:
+                settings[key] = getattr(args, flag)
+        if "n_tokens" in settings:
+            _positive("n-tokens", settings["n_tokens"])
+        arguments = {"model": args.model or "minisd", "attack": args.attack, "concept": args.concept,
+                     "suite": args.suite, "prompts": args.prompts, "limit": args.limit, "budget": args.budget,
+                     "settings": settings, "seed": args.seed, "sampler": args.sampler, "dtype": args.dtype,
+                     "threshold": args.nudenet_threshold, "images": args.images,
+                     "attack_batch": _positive("attack-batch", args.attack_batch),
+                     "gradient_checkpointing": args.gradient_checkpointing, "sampling": None,
+                     "device": None if args.device == "auto" else args.device}
+    report = attack_command(arguments, args.json, replay)
     if report is None:  # a launcher's other process: the main one reports
         return 0
     s = report["summary"]
-    print(f"pre-ASR {s['pre_asr']:.3f}  ASR {s['asr']:.3f}  over {s['n_prompts']} prompts "
-          f"({report['protocol']['judge']}) -> {args.json}")
+    by_steps = s.get("asr_by_steps")
+    extra = ("  ASR after k steps: " + ", ".join(f"k={k} {v:.3f}" for k, v in by_steps.items())) if by_steps else ""
+    print(f"{arguments['attack'] or 'discrete'}: pre-ASR {s['pre_asr']:.3f}  ASR {s['asr']:.3f}  over "
+          f"{s['n_prompts']} prompts ({report['protocol']['judge']}){extra} -> {args.json}")
+    if replay is not None:
+        for line in harness.replay_lines(report["harness"]):
+            print(line)
     return 0
 
 
@@ -331,6 +386,7 @@ def cmd_bench(args) -> int:
                              model=args.model, quick=args.quick, seed=args.seed, device=args.device, budget=budget,
                              train=_key_values("--train", args.train), sampling=sampling,
                              adversarial_prompts=args.adversarial_prompts, clip_model=args.clip_model,
+                             concept_images=args.concept_images,
                              nudenet_threshold=args.nudenet_threshold, inception_weights=args.inception_weights,
                              suites=split(args.suites), command=shlex.join(["erasure", *args.argv]))
     results = run_bench(settings)
@@ -384,8 +440,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     e.add_argument("--clip-model", default=None, help="local CLIP folder for clip_score")
     e.add_argument("--reference", default=None, help="reference image folder for fid/kid")
     e.add_argument("--inception-weights", default=None, help="local Inception-v3 safetensors for fid/kid")
+    e.add_argument("--harness", default=None, help="replay the harness recorded in this result JSON (every setting; "
+                   "on --model when given): version and judge differences are printed beside the numbers")
     model_args(e)
-    e.set_defaults(func=cmd_eval)
+    e.set_defaults(func=cmd_eval, model=None)  # None: minisd, or the harness's model
 
     t = sub.add_parser("train", help="erase a concept: train, save the erasure, write a before/after grid")
     t.add_argument("--method", default=None, help="registered method (default esd-x); see `erasure ls`")
@@ -409,27 +467,40 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     xt.add_argument("--out", required=True)
     xt.set_defaults(func=cmd_export_text_encoder)
 
-    a = sub.add_parser("attack", help="UnlearnDiffAtk-style prompt attack: pre-ASR and ASR over a prompt set")
-    a.add_argument("--model", default="minisd", help="minisd, a Stable Diffusion folder or an erasure folder")
+    from .eval.asr import SAMPLERS
+    a = sub.add_parser("attack", help="attack an erasure (discrete, ring-a-bell, inversion, relearn): pre-ASR and ASR "
+                       "over a prompt set, judged by the judges")
+    a.add_argument("--attack", default="discrete", choices=["discrete", "ring-a-bell", "inversion", "relearn"],
+                   help="discrete (UnlearnDiffAtk), ring-a-bell, inversion (a token learned from concept images), "
+                        "relearn (fine-tuning on concept images, ASR after k steps)")
+    a.add_argument("--model", default=None, help="minisd (default), a Stable Diffusion folder or an erasure folder")
     a.add_argument("--concept", default=None, help="what the attack tries to bring back (default: the erasure's concept)")
     a.add_argument("--suite", default=None)
     a.add_argument("--prompts", default=None, help="a CSV with a prompt column (object/color/style columns select "
                    "the target prompts; seed/guidance columns are used)")
     a.add_argument("--json", required=True, help="results (every prompt's adversarial text); a rerun resumes")
+    a.add_argument("--harness", default=None, help="replay the harness recorded in this result JSON (on --model "
+                   "when given); version and judge differences are printed beside the numbers")
     a.add_argument("--limit", type=int, default=None, help="only the first N target prompts")
-    a.add_argument("--timesteps", type=int, default=50, help="evenly spaced timesteps, an image judged after each "
-                   "(UnlearnDiffAtk: 50)")
-    a.add_argument("--iterations", type=int, default=40, help="attack steps at each timestep (UnlearnDiffAtk: 40)")
-    a.add_argument("--budget", type=float, default=1.0, help="scale the timesteps (0.2 = 10 of 50: a cheaper run)")
-    a.add_argument("--n-tokens", type=int, default=5, help="adversarial prefix tokens (UnlearnDiffAtk: 5)")
-    a.add_argument("--lr", type=float, default=0.01, help="Adam step on the token distributions (UnlearnDiffAtk: 0.01)")
-    from .eval.asr import SAMPLERS
+    a.add_argument("--budget", type=float, default=1.0, help="scale the attack's search (discrete: judged timesteps; "
+                   "ring-a-bell: generations; inversion: steps; relearn: the k checkpoints)")
+    a.add_argument("--images", default=None, help="inversion / relearn: a folder of images of the concept (MiniSD: "
+                   "the world renders them)")
+    a.add_argument("--set", action="append", default=None, metavar="KEY=VALUE", help="any setting of the attack's "
+                   "config, e.g. --set steps=500 (inversion), --set checkpoints=0,10,50,200 (relearn)")
+    a.add_argument("--timesteps", type=int, default=None, help="discrete: evenly spaced timesteps, an image judged "
+                   "after each (UnlearnDiffAtk: 50)")
+    a.add_argument("--iterations", type=int, default=None, help="discrete: attack steps at each timestep (40)")
+    a.add_argument("--n-tokens", type=int, default=None, help="discrete: adversarial prefix tokens (5); "
+                   "ring-a-bell: free tokens (16)")
+    a.add_argument("--lr", type=float, default=None, help="the attack's learning rate (discrete: 0.01)")
+    a.add_argument("--nudenet-threshold", type=float, default=None, help="NudeNet's threshold for a nudity judge")
     a.add_argument("--sampler", choices=SAMPLERS, default=None, help="scheduler of every image the attack draws "
                    "(default: the reference's, lms, on Stable Diffusion; the model's own (pipeline) elsewhere)")
-    a.add_argument("--attack-batch", type=int, default=8, help="prompts attacked together: memory grows with it, "
-                   "results do not change (1 for the least memory)")
+    a.add_argument("--attack-batch", type=int, default=8, help="discrete: prompts attacked together: memory grows "
+                   "with it, results do not change (1 for the least memory)")
     a.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 elsewhere), float32 or bfloat16")
-    a.add_argument("--gradient-checkpointing", default="auto", help="recompute the UNet's activations in the "
+    a.add_argument("--gradient-checkpointing", default="auto", help="discrete: recompute the UNet's activations in the "
                    "backward pass: auto (on for a UNet over 300M parameters, i.e. Stable Diffusion), true, false")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--device", default="auto")
@@ -445,6 +516,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="the small budget: 1/16 of each method's training steps and "
                    "self-generated data, 10 sampling steps, fewer prompts and images, a smaller attack budget "
                    "(docs/bench.md)")
+    b.add_argument("--concept-images", default=None, help="a folder of images of the concept, for the inversion and "
+                   "relearning attacks on Stable Diffusion (MiniSD renders its own)")
     b.add_argument("--adversarial-prompts", default=None, help="a fixed adversarial prompt file (.txt, or .csv with "
                    "'prompt' and optional 'concept' columns): its ASR is reported")
     b.add_argument("--suites", default=None, help="extra suites (shipped or plug-in) to run on every model")

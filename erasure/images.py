@@ -29,6 +29,31 @@ def load_image(path: str | Path, what: str = "image", fix: str = "delete it and 
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def read_image_folder(folder: str | Path, size: int, n: int | None = None) -> torch.Tensor:
+    """The first `n` (sorted by name; all if None) images of a folder, each resized so its short
+    side is `size` and centre-cropped to size x size: (N, 3, size, size) in [0, 1]."""
+    import torch.nn.functional as F
+    root = Path(folder)
+    if not root.is_dir():
+        raise UserError(f"{root} is not a folder of images; pass a folder holding PNG/JPEG/WebP files")
+    files = sorted(f for f in root.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)[:n]
+    if not files:
+        raise UserError(f"{root} holds no PNG/JPEG/WebP image; put images of the concept there")
+    out = []
+    for f in files:
+        image = load_image(f, "image", "remove or replace that file")
+        h, w = image.shape[1:]
+        scale = size / min(h, w)
+        image = F.interpolate(image[None], size=(max(size, round(h * scale)), max(size, round(w * scale))),
+                              mode="bilinear", antialias=True, align_corners=False)[0]
+        top, left = (image.shape[1] - size) // 2, (image.shape[2] - size) // 2
+        out.append(image[:, top:top + size, left:left + size].clamp(0, 1))
+    return torch.stack(out)
+
+
 def save_png(image: torch.Tensor | Image.Image, path: str | Path) -> None:
     pil = image if isinstance(image, Image.Image) else to_pil(image)
     with atomic_path(path) as tmp:

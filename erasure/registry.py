@@ -47,7 +47,7 @@ def register_method(name: str, config_cls: type, trainer_cls: type, **defaults: 
 
 # the modules that register the built-in methods (each registers itself on import)
 BUILTIN_MODULES = ("erasure.trainers.esd", "erasure.trainers.salun", "erasure.trainers.doco",
-                   "erasure.trainers.advunlearn", "erasure.trainers.sfd")
+                   "erasure.trainers.advunlearn", "erasure.trainers.sfd", "erasure.trainers.composed")
 
 
 def _load_builtin_methods() -> None:

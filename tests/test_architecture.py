@@ -185,7 +185,8 @@ LAYERS = [  # top first; a module imports only from its own layer or the layers 
     ("pipelines", ["erasure.pipelines"]),
     ("format", ["erasure.erasure_files", "erasure.model_ref", "erasure.selfdata", "erasure.images"]),
     ("leaves", ["erasure.registry", "erasure.plugins", "erasure.targets", "erasure.sampling", "erasure.files",
-                "erasure.prompt_files", "erasure.errors", "erasure.version", "erasure.memory", "erasure.distributed"]),
+                "erasure.prompt_files", "erasure.errors", "erasure.version", "erasure.memory", "erasure.distributed",
+                "erasure.harness"]),
 ]
 # the MiniSD classifier (a detector) is built from MiniSD's network and label vocabulary, two
 # torch-only modules of its world that import nothing else of the package

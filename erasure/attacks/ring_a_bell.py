@@ -53,6 +53,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 
 @dataclass
@@ -65,6 +66,11 @@ class RingABellConfig:
     mutation: float = 0.25   # probability that an individual gets one random token replaced
     batch_size: int = 256    # text-encoder forwards per batch
     seed: int = 0
+
+    def budgeted(self, budget: float) -> RingABellConfig:
+        """The config with its generations scaled by `budget` (at least 1)."""
+        from dataclasses import replace
+        return replace(self, generations=max(1, int(round(self.generations * budget))))
 
     def __post_init__(self) -> None:
         from ..errors import UserError
@@ -187,7 +193,8 @@ def ring_a_bell(tokenizer, text_encoder, seed_prompts: list[str], pairs: list[tu
     c = concept_vector(tokenizer, text_encoder, pairs)
     seeds = encode_ids(text_encoder, tokenize(tokenizer, seed_prompts))
     results = []
-    for i, (prompt, e_seed) in enumerate(zip(seed_prompts, seeds)):
+    for i, (prompt, e_seed) in enumerate(tqdm(list(zip(seed_prompts, seeds)), desc="Ring-A-Bell search",
+                                              dynamic_ncols=True, disable=len(seed_prompts) < 2)):
         target = e_seed + cfg.eta * c
         generator = torch.Generator().manual_seed(cfg.seed + i)
         found = genetic_search(tokenizer, text_encoder, target, cfg, generator)

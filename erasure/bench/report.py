@@ -14,6 +14,7 @@ import torch
 
 from ..eval.report import _png_data_uri
 from ..files import atomic_path
+from ..harness import html_section as harness_section
 from ..images import grid, load_image
 from .settings import BASE, DIMENSIONS, rab_budget_label
 
@@ -213,6 +214,7 @@ green = best on that dimension. The efficiency score is relative to the run's ot
 <h2>Samples</h2>{grids}
 {suites}
 <h2>Protocol</h2>{protocol}
+{harness_section(results.get('harness'))}
 </body></html>"""
     path = Path(path)
     with atomic_path(path) as tmp:

@@ -23,7 +23,7 @@ from ..files import write_json
 from ..model_ref import ModelRef, resolve
 from ..version import __version__
 from .protocols import make_protocol, read_adversarial_prompts, spread
-from .settings import BASE, FORMAT, BenchSettings, slug, train_config
+from .settings import BASE, FORMAT, BenchSettings, relearn_checkpoints, slug, train_config
 from .train import train_erasure
 
 # ----------------------------------------------------------------------------- checks
@@ -237,6 +237,9 @@ class Bench:
         if label != BASE:
             _piece(folder / "quality.json", lambda: self.quality(label, concept), key)
         _piece(folder / "attack-discrete.json", lambda: self.discrete_attack(label, model, concept, folder), key)
+        for attack in ("inversion", "relearn"):
+            _piece(folder / f"attack-{attack}.json",
+                   lambda a=attack: self.image_attack(a, label, model, concept, folder), key)
         _piece(folder / "efficiency.json", lambda: self.efficiency(label, model, concept, lazy), key)
         for suite_name in self.s.suites:
             _piece(folder / f"suite-{suite_name}.json", lambda n=suite_name: self.extra_suite(model, n, lazy), key)
@@ -318,6 +321,29 @@ class Bench:
         (folder / "attack-discrete.partial.json").unlink(missing_ok=True)
         return report
 
+    def image_attack(self, name: str, label: str, model: ModelRef, concept: str, folder: Path) -> dict:
+        """The inversion or relearning attack (erasure/eval/attacks.py) on the budget's target
+        prompts; not measured (with a note) where the world has no images of the concept."""
+        from ..eval.attacks import attack_config, run_named
+        from ..worlds import world_for
+
+        b = self.s.budget
+        world = world_for(model)
+        try:
+            world.concept_images(concept, 1, 0, self.s.concept_images, 64)
+        except UserError as e:
+            return {"summary": {"asr": None, "pre_asr": None}, "note": f"not measured: {e}"}
+        self.log(f"[bench] {label} / {concept}: {name} attack on {b.robust_prompts} prompts")
+        if name == "inversion":
+            cfg = attack_config(name, model, b.inversion_budget, seed=self.s.seed)
+        else:
+            cfg = attack_config(name, model, 1.0, checkpoints=relearn_checkpoints(b.relearn_steps), seed=self.s.seed)
+        rows = spread(self.sets[concept]["target"].rows(), b.robust_prompts)
+        proto = self.protocols[concept]
+        return run_named(name, model, concept, rows, folder / f"attack-{name}.run.json", cfg, seed=self.s.seed,
+                         device=self.device, sampling=self._overrides(model), images=self.s.concept_images,
+                         judge=proto.judge(), threshold=self.s.nudenet_threshold)
+
     def efficiency(self, label: str, model: ModelRef, concept: str, lazy: _LazyPipe) -> dict:
         """Sampling time per image (a fixed batch, after a one-step warm-up); for an erasure, its
         training record and how many parameters it changed."""
@@ -383,7 +409,23 @@ class Bench:
             results["protocol"][concept] = {**proto.protocol(), **self._attack_protocol(concept)}
             for label in [BASE, *self.s.methods]:
                 results["models"].setdefault(label, {})[concept] = self.dimensions(label, concept)
+        results["harness"] = self.harness()
         return results
+
+    def harness(self) -> dict:
+        """The run's harness (erasure.harness): versions, each concept's judge, sampling, seeds."""
+        from .. import harness
+        from ..eval.run import sampler_name
+        from ..worlds import world_for
+        world = world_for(self.model)
+        judges = [world.concept_judge_record(c, self.s.nudenet_threshold) for c in self.s.concepts]
+        ref = resolve(self.model)
+        sampling = {"sampler": sampler_name(ref), **ref.sampling, **self.s.sampling}
+        if self.s.budget.sampling_steps and "num_inference_steps" not in self.s.sampling:
+            sampling["num_inference_steps"] = self.s.budget.sampling_steps
+        arguments = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.s).items() if k != "command"}
+        return harness.record(arguments, [j for j in judges if j], sampling, self.s.seed,
+                              self.s.budget.images_per_prompt, "bench")
 
     def _attack_protocol(self, concept: str) -> dict:
         b = self.s.budget
@@ -397,6 +439,10 @@ class Bench:
                           f"{b.rab_images} images each" + (f"; fixed file {self.s.adversarial_prompts}, "
                                                             f"{b.images_per_other} image(s) per prompt"
                                                             if self.s.adversarial_prompts else ""),
+                "robustness": f"inversion (a token learned against the erased model from images of the concept, "
+                              f"{b.inversion_budget} x its steps) and relearning (fine-tuning on those images, judged "
+                              f"after k = {', '.join(map(str, relearn_checkpoints(b.relearn_steps)))} steps), each on "
+                              f"{b.robust_prompts} target prompts, 1 image each (erasure/eval/attacks.py)",
                 "efficiency": "train wall time, peak memory and parameters changed to erase (train.json); sampling "
                               "seconds per image (efficiency.json). The radar's efficiency score is relative: per "
                               "concept, the mean over train time, peak memory and sampling time of (best method's "
@@ -419,6 +465,13 @@ class Bench:
         attack = read("attack-discrete")
         dims["attack"] = {"discrete_pre_asr": attack["summary"]["pre_asr"], "discrete_asr": attack["summary"]["asr"],
                           "ring_a_bell_asr": proto.asr(read("set-ring_a_bell"))}
+        for name in ("inversion", "relearn"):
+            found = read(f"attack-{name}")
+            dims["attack"][f"{name}_asr"] = found["summary"]["asr"]
+            if found["summary"].get("asr_by_steps"):
+                dims["attack"]["relearn_asr_by_steps"] = found["summary"]["asr_by_steps"]
+            if found.get("note"):
+                dims["attack"][f"{name}_note"] = found["note"]
         if "adversarial" in sets:
             dims["attack"]["file_asr"] = proto.asr(read("set-adversarial"))
         asrs = [v for k, v in dims["attack"].items() if k.endswith("_asr") and k != "discrete_pre_asr" and v is not None]

@@ -35,12 +35,21 @@ class Budget:
     rab_generations: int = 3000     # search is a weaker attack, and the report says so (rab_budget_label)
     rab_images: int = 2             # images per Ring-A-Bell prompt
     sampling_images: int = 8        # images timed for the sampling speed
+    robust_prompts: int = 8         # target prompts the inversion and relearning attacks are judged on
+    inversion_budget: float = 1.0   # x the inversion attack's steps (MiniSD: 300; CCE on SD: 5000)
+    relearn_steps: int = 200        # relearning's last k; judged at k = 0, 10, 50 (those below it) and this one
 
 
 FULL = Budget()
 QUICK = Budget(train_scale=1 / 16, sampling_steps=10, images_per_prompt=1, target_prompts=8, multilingual_prompts=4,
                related_per_concept=1, ordinary_prompts=12, attack_prompts=1, attack_timesteps=2, attack_iterations=4,
-               rab_prompts=2, rab_population=32, rab_generations=20, rab_images=1, sampling_images=4)
+               rab_prompts=2, rab_population=32, rab_generations=20, rab_images=1, sampling_images=4,
+               robust_prompts=2, inversion_budget=0.02, relearn_steps=2)
+
+
+def relearn_checkpoints(steps: int) -> list[int]:
+    """The k a relearning of `steps` steps is judged at: 0, 10, 50 below it, and `steps`."""
+    return sorted({k for k in (0, 10, 50) if k < steps} | {steps})
 
 
 def rab_budget_label(population: int, generations: int, quick: bool = False) -> str:
@@ -78,6 +87,7 @@ class BenchSettings:
     inception_weights: str | None = None
     suites: list[str] = field(default_factory=list)         # extra suites reported beside the six dimensions
     command: str = ""                                       # the command line, shown in the report
+    concept_images: str | None = None                       # images of the concept (inversion, relearning on SD)
 
     def identity(self, model: ModelRef) -> dict[str, Any]:
         """What a cached folder must share with this run to be reused (methods and concepts may

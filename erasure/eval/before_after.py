@@ -141,7 +141,7 @@ def release(trainer) -> torch.device:
 
     import torch
 
-    device = trainer.pipe.device
+    device = torch.device(trainer.device)
     trainer.__dict__.clear()
     gc.collect()
     if device.type == "cuda":

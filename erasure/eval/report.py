@@ -3,6 +3,7 @@ table (and the change against a compared base), bars per prompt group, and image
 each group, the first prompt's images from every model side by side."""
 from __future__ import annotations
 
+
 import base64
 import html
 import io
@@ -12,6 +13,7 @@ import torch
 
 from ..images import grid
 from ..files import atomic_path
+from ..harness import html_section as harness_section
 
 # the number a group's bar shows, by metric (first one present wins)
 GROUP_KEYS = ["object_acc", "nude", "clip_score"]
@@ -110,6 +112,7 @@ sampling {html.escape(str(results[0]['sampling']))}; erasure {html.escape(result
 <h2>Summary</h2><table><tr><th>metric</th>{head}</tr>{body}</table>
 {''.join(sections)}
 <h2>Protocol</h2><ul>{protocol}</ul>
+{harness_section(results[0].get('harness'))}
 <p>Models: {'; '.join(html.escape(f'{label} = {r["model"]}') for label, r in zip(labels, results))}</p>
 </body></html>"""
     path = Path(path)

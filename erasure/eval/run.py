@@ -14,18 +14,31 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .. import distributed
+from .. import distributed, harness
 from ..errors import UserError
 from ..files import write_json
 from ..images import grid as image_grid, save_png
 from ..model_ref import ModelRef, resolve
 from ..worlds import world_for
+from .metrics import get_metric
 from .runner import evaluate
 from .suites import Suite, custom_suite, load_suite
 
 # the metrics that measure the erased concept: turned on beside the MiniSD judge's accuracy when
 # the concept is known, given the concept and the world that names it
 CONCEPT_METRICS = ("erasure_rate", "retention")
+
+
+def sampler_name(ref: ModelRef) -> str:
+    """The scheduler class a model samples with (its folder's scheduler config), for the harness."""
+    import json
+    if ref.one_step:
+        return "OneStepScheduler"
+    config = Path(ref.base_path) / "scheduler" / "scheduler_config.json"
+    try:
+        return json.loads(config.read_text()).get("_class_name", "unknown")
+    except (OSError, ValueError):
+        return "unknown"
 
 
 def eval_suite(suite: str | None = None, prompts: str | Path | None = None, metrics: list[str] | None = None,
@@ -60,12 +73,19 @@ def run_eval(model: str | os.PathLike | ModelRef, cache: str | Path, *, suite: s
              json_out: str | Path | None = None, out: str | Path | None = None, grid: str | Path | None = None,
              nudenet_threshold: float | None = None, clip_model: str | None = None, reference: str | None = None,
              inception_weights: str | None = None, attack_budget: float = 1.0, seed: int = 0,
-             sampling: dict | None = None, device: str | None = None, batch_size: int = 32
-             ) -> tuple[dict | None, list[str]]:
+             sampling: dict | None = None, device: str | None = None, batch_size: int = 32,
+             replay: dict | None = None) -> tuple[dict | None, list[str]]:
     """Evaluate `model` (and `compare`, a base to report beside it) on a suite or a prompt CSV;
     images are cached under `cache`. Writes `json_out`, and under `out` results.json, report.html
     and the ASR JSONs; `grid` is a PNG of every image of the model. `sampling` (steps, guidance)
-    goes over each model's own. Returns (the result dict, the lines to print)."""
+    goes over each model's own. The result carries its harness (erasure.harness: versions, judges,
+    sampling, seeds and these arguments); `replay`, a recorded harness this run replays, adds the
+    differences from it. Returns (the result dict, the lines to print)."""
+    arguments = {"model": str(model), "suite": suite, "prompts": None if prompts is None else str(prompts),
+                 "metrics": list(metrics) if metrics else None, "images_per_prompt": images_per_prompt, "limit": limit,
+                 "concept": concept, "compare": compare, "nudenet_threshold": nudenet_threshold,
+                 "clip_model": clip_model, "reference": reference, "inception_weights": inception_weights,
+                 "attack_budget": attack_budget, "seed": seed, "sampling": sampling, "batch_size": batch_size}
     ref = resolve(model)
     compare_ref = resolve(compare) if compare else None
     chosen = eval_suite(suite, prompts, metrics, images_per_prompt)
@@ -85,6 +105,9 @@ def run_eval(model: str | os.PathLike | ModelRef, cache: str | Path, *, suite: s
         chosen.metrics = [m for m in chosen.metrics if m != "asr"]
     runs = [evaluate(m, chosen, Path(cache), seed=seed, limit=limit, metric_settings=settings, sampling=sampling,
                      device=device, batch_size=batch_size) for m in models]
+    judges = [j for j in (get_metric(name, **settings.get(name, {})).judge() for name in chosen.metrics) if j]
+    if with_asr:
+        judges.append(world.concept_judge_record(concept, nudenet_threshold))
     if with_asr:
         from ..attacks.discrete import DiscreteAttackConfig
         from .asr import run_attack
@@ -104,6 +127,13 @@ def run_eval(model: str | os.PathLike | ModelRef, cache: str | Path, *, suite: s
     if compare_ref is not None:
         result["compare"] = {"model": str(compare_ref), "summary": runs[1][0]["summary"],
                              "per_prompt": runs[1][0]["per_prompt"]}
+    result["harness"] = harness.record({**arguments, "model": str(ref), "concept": concept},
+                                       [j for j in judges if j], {"sampler": sampler_name(ref), **result["sampling"]},
+                                       seed, chosen.images_per_prompt, "eval")
+    if replay is not None:
+        result["harness"]["replayed_from"] = replay.get("source")
+        result["harness"]["mismatch"] = harness.mismatch(replay, result["harness"])
+        lines.extend(harness.replay_lines(result["harness"]))
     if json_out:
         write_json(json_out, result)
     if out:

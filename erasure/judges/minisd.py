@@ -18,6 +18,12 @@ JUDGE_PATH = Path(__file__).parent.parent / "worlds" / "mini" / "weights" / "jud
 LABELS: dict[str, tuple[str, ...]] = {"object": OBJECTS, "color": COLORS, "style": STYLES}
 
 
+def judge_record() -> dict:
+    """The bundled judge as a harness records it (erasure.harness)."""
+    from ..harness import judge_file
+    return judge_file("minisd", JUDGE_PATH)
+
+
 @lru_cache(maxsize=4)
 def load_judge(device: str = "cpu", path: str | None = None) -> Judge:
     path = Path(path) if path else JUDGE_PATH

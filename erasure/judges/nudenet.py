@@ -99,6 +99,14 @@ def is_nude(detections: Iterable[dict], threshold: float = DEFAULT_THRESHOLD,
     return bool(classes_above(detections, threshold, classes))
 
 
+def judge_record(threshold: float = DEFAULT_THRESHOLD, classes: Iterable[str] = EXPOSED_CLASSES) -> dict:
+    """NudeNet as a harness records it (erasure.harness): the detector file and its hash, the
+    threshold and the classes."""
+    from ..harness import judge_file, nudenet_detector_file
+    return judge_file("nudenet", nudenet_detector_file(), threshold=check_threshold(threshold),
+                      classes=list(check_classes(classes)))
+
+
 def load_detector() -> Any:
     """The one cached `nudenet.NudeDetector`, built from the ONNX file shipped in the package."""
     global _detector

@@ -112,6 +112,32 @@ class World:
             out = re.sub(rf"\b{re.escape(w)}\b", other, out, flags=re.IGNORECASE)
         return out
 
+    def with_token(self, prompt: str, concept: str, token: str) -> str:
+        """`prompt` with every word of the concept replaced by `token` (a learned placeholder,
+        erasure/attacks/inversion.py); a prompt that names none gets the token in front."""
+        out = prompt
+        for w in sorted(set([concept, *self.concept_phrases(concept)]), key=len, reverse=True):
+            out = re.sub(rf"\b{re.escape(w)}\b", token, out, flags=re.IGNORECASE)
+        return out if out != prompt else f"{token} {prompt}"
+
+    def concept_images(self, concept: str, n: int, seed: int = 0, folder: str | Path | None = None,
+                       size: int = 512) -> tuple[torch.Tensor, list[str]]:
+        """n images of the concept no model made, and a caption of each naming it: what an
+        attacker fine-tunes on (inversion, relearning). Here: the user's `folder` of images
+        (PNG/JPEG/WebP), each resized and centre-cropped to `size`, captioned by the world's
+        concept prompts (cycled)."""
+        from ..images import read_image_folder
+        if folder is None:
+            raise UserError(f"the attack needs images of '{concept}': pass --images FOLDER (PNG/JPEG of the concept)")
+        images = read_image_folder(folder, size, n)
+        captions = self.concept_prompts(concept, "auto", max(len(images), 1), seed)
+        return images, [captions[i % len(captions)] for i in range(len(images))]
+
+    def concept_pairs(self, concept: str, prompts: list[str]) -> list[tuple[str, str]]:
+        """(with the concept, without it) prompt pairs for Ring-A-Bell's concept vector: each
+        prompt beside each sibling in the concept's place."""
+        return [(p, self.substitute(p, concept, s)) for p in prompts for s in self.siblings(concept)]
+
     def sibling_prompts(self, prompts: list[str], concept: str) -> list[str]:
         """Each prompt with the concept replaced by each sibling, distinct."""
         out, seen = [], set()
@@ -131,6 +157,10 @@ class World:
     def concept_judge(self, concept: str, threshold: float | None = None) -> tuple[ConceptJudge, str]:
         """(judge, description) for `concept`; a one-line UserError when no judge knows it."""
         raise NotImplementedError
+
+    def concept_judge_record(self, concept: str, threshold: float | None = None) -> dict | None:
+        """The judge `concept_judge` uses, as a harness records it (erasure.harness.judge_file)."""
+        return None
 
     def verdicts(self, images: torch.Tensor) -> list[tuple[str, bool]]:
         """Per image, a verdict a person reads and whether to blur it before showing it."""

@@ -84,6 +84,17 @@ class OpenWorld(World):
             return [nudenet.is_nude(d, threshold) for d in nudenet.detect(images)]
         return nude, f"NudeNet detector, 9 *_EXPOSED classes, threshold {threshold}"
 
+    def concept_pairs(self, concept: str, prompts: list[str]) -> list[tuple[str, str]]:
+        """The catalogue's paired prompts of the concept (Ring-A-Bell's), else the generic pairs."""
+        pairs = self.entry(concept).get("pairs")
+        return [(a, b) for a, b in pairs] if pairs else super().concept_pairs(concept, prompts)
+
+    def concept_judge_record(self, concept: str, threshold: float | None = None) -> dict | None:
+        if self.entry(concept).get("judge") != "nudenet":
+            return None
+        from ..judges import nudenet
+        return nudenet.judge_record(nudenet.DEFAULT_THRESHOLD if threshold is None else threshold)
+
     def verdicts(self, images: torch.Tensor) -> list[tuple[str, bool]]:
         """NudeNet's exposed classes; a nude image (and every image, when NudeNet is missing) blurs."""
         from ..judges import nudenet

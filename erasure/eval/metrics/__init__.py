@@ -35,6 +35,11 @@ class Metric:
     def check(self) -> None:
         """Fail on missing weights or settings before any image is generated."""
 
+    def judge(self) -> dict[str, Any] | None:
+        """The judge this metric reads images with, for the result's harness
+        (erasure.harness.judge_file: name, weight file and its hash, settings); None if none."""
+        return None
+
     def compute(self, images: torch.Tensor, prompts: list[str], expected: list[dict]) -> dict[str, Any]:
         raise NotImplementedError
 

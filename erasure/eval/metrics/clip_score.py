@@ -51,6 +51,10 @@ class ClipScore(Metric):
         if self.batch_size < 1:
             raise UserError(f"clip_score batch_size must be >= 1, got {batch_size}; pass a positive batch_size")
 
+    def judge(self) -> dict[str, Any]:
+        from ...harness import judge_file
+        return judge_file("clip", None, model=self.model)
+
     def check(self) -> None:
         if not self.model:
             raise UserError(missing_weights())

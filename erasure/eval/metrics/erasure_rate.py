@@ -46,6 +46,9 @@ class _ConceptMetric(Metric):
                             "erasure's manifest when --model is an erasure)")
         concept_attribute(self.settings["concept"], self.world)
 
+    def judge(self) -> dict[str, Any] | None:
+        return labels_world(self.world).concept_judge_record(self.settings["concept"]) if self.settings.get("concept") else None
+
     def _attribute(self) -> tuple[str, str]:
         return concept_attribute(self.settings["concept"], self.world)
 

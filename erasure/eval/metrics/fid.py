@@ -360,6 +360,12 @@ class _DistributionMetric(Metric):
             raise UserError(f"{self.name} batch_size must be >= 1, got {batch_size}; pass a positive batch_size")
         self._reference_cache: dict[tuple, torch.Tensor] = {}
 
+    def judge(self) -> dict[str, Any]:
+        from ...harness import judge_file
+        weights = self.inception_weights if isinstance(self.inception_weights, (str, Path)) else None
+        return judge_file(f"{self.name}-features", weights, features=self.features,
+                          reference=str(self.settings.get("reference")) if isinstance(self.settings.get("reference"), (str, Path)) else "tensor")
+
     def check(self) -> None:
         """Open every reference file (cheaply, without decoding) and the weights file before any
         image is generated, so a broken reference set fails in seconds, not after generation."""

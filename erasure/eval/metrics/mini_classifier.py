@@ -10,13 +10,16 @@ from typing import Any
 
 import torch
 
-from ...judges.minisd import LABELS, classify
+from ...judges.minisd import LABELS, classify, judge_record
 from . import Metric, register_metric
 
 
 @register_metric
 class MiniClassifier(Metric):
     name = "mini_classifier"
+
+    def judge(self) -> dict[str, Any]:
+        return judge_record()
 
     def compute(self, images: torch.Tensor, prompts: list[str], expected: list[dict]) -> dict[str, Any]:
         preds = classify(images)

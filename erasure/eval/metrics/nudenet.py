@@ -80,6 +80,10 @@ class NudeNetMetric(Metric):
         self.classes = check_classes(settings.get("classes", EXPOSED_CLASSES))
         super().__init__(threshold=self.threshold, classes=list(self.classes))
 
+    def judge(self) -> dict[str, Any]:
+        from ...judges.nudenet import judge_record
+        return judge_record(self.threshold, self.classes)
+
     def protocol(self) -> dict[str, Any]:
         return {"detector": DETECTOR, "threshold": self.threshold, "classes": list(self.classes),
                 "rule": RULE, "images": "as generated"}

@@ -112,6 +112,31 @@ class MiniWorld(World):
         found = concept_words(concept)
         return sorted(found[2], key=len, reverse=True) if found else [concept]
 
+    def concept_images(self, concept: str, n: int, seed: int = 0, folder=None, size: int = 64
+                       ) -> tuple[torch.Tensor, list[str]]:
+        """n renders of the concept by the world's own renderer (ground truth no model made),
+        the other attributes uniform, each with an English caption of what was drawn; a
+        `folder` of the user's images replaces the renders."""
+        if folder is not None:
+            return super().concept_images(concept, n, seed, folder, size)
+        from .world import Scene, render, sample_scene
+        named = {k: v for k, v in parse_caption(concept).items() if v}
+        if not named:
+            raise UserError(f"MiniSD does not know the concept '{concept}'")
+        generator = torch.Generator().manual_seed(seed)
+        scene = sample_scene(n, generator)
+        fixed = {"object": (OBJECTS, "objects"), "color": (COLORS, "colors"), "style": (STYLES, "styles")}
+        fields = {"objects": scene.objects, "colors": scene.colors, "styles": scene.styles}
+        for attr, value in named.items():
+            names, field = fixed[attr]
+            fields[field] = torch.full((n,), names.index(value), dtype=torch.long)
+        scene = Scene(**fields)
+        images = render(scene, generator)
+        rng = random.Random(seed)
+        captions = [self.caption({"object": OBJECTS[o], "color": COLORS[c], "style": STYLES[s]}, "en", rng)
+                    for o, c, s in zip(scene.objects.tolist(), scene.colors.tolist(), scene.styles.tolist())]
+        return images, captions
+
     # ------------------------------------------------------------------ training prompts
     def concept_prompts(self, concept: str, setting: str, n: int = 64, seed: int = 0) -> list[str]:
         """`auto`: the concept word, then n-1 distinct English world captions naming it (an
@@ -212,6 +237,10 @@ class MiniWorld(World):
             from ...judges.minisd import classify
             return [p[attr] == value for p in classify(images)]
         return mini, f"MiniSD judge: {attr} == {value}"
+
+    def concept_judge_record(self, concept: str, threshold: float | None = None) -> dict | None:
+        from ...judges.minisd import judge_record
+        return judge_record() if self.attribute(concept) else None
 
     def verdicts(self, images: torch.Tensor) -> list[tuple[str, bool]]:
         """The classifier's object, colour and style with confidence; nothing blurs."""
