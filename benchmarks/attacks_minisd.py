@@ -39,13 +39,14 @@ def main() -> None:
     p.add_argument("--attacks", default="discrete,ring-a-bell,inversion,relearn")
     p.add_argument("--out", type=Path, default=Path("runs/attacks_minisd"))
     p.add_argument("--table", type=Path, default=None, help="also write the table here (JSON)")
+    p.add_argument("--skip-base", action="store_true", help="only the erasures (another run measures the base)")
     p.add_argument("--rab-generations", type=int, default=None, help="Ring-A-Bell's generations (default the "
                    "paper's 3000: about 25 min per prompt on one CPU thread for MiniSD's text encoder)")
     args = p.parse_args()
 
     from erasure.eval.attacks import attack_command
 
-    models = {"base": "minisd"}
+    models = {} if args.skip_base else {"base": "minisd"}
     for method in args.methods.split(","):
         if not (args.erasures / method / "erasure_config.json").exists():
             raise SystemExit(f"no erasure at {args.erasures / method}; train it: erasure train --method {method} "

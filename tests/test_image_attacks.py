@@ -126,3 +126,18 @@ def test_composed_refuses_unknown_part_settings_before_training(tiny_mini_dir):
         get_method("adv-esd").trainer_cls(config)
     with pytest.raises(UserError, match="--part-settings takes"):
         EraseConfig.from_dict({"method": "adv-esd", "concept": "circle", "part_settings": "steps=3"})
+
+
+def test_joint_composition_predicts_with_the_erased_unet_and_targets_from_the_base(tiny_mini_dir):
+    from erasure.config import EraseConfig
+    from erasure.registry import get_method
+    from erasure.trainers.composed import ComposedTrainer
+    config = EraseConfig.from_dict({"method": "advunlearn", "concept": "circle", "base_model": str(tiny_mini_dir),
+                                    "steps": 1, "attack_warmup": 0, "attack_steps": 1, "retain_trajectories": 1})
+    trainer = get_method("advunlearn").trainer_cls(config)
+    name, p = next((n, p) for n, p in trainer.unet.named_parameters() if "attn2.to_k" in n)
+    base = p.detach().clone()
+    ComposedTrainer.put_unet_part(trainer, {f"unet.{name}": base + 1})
+    assert trainer.frozen_unet is not trainer.unet
+    assert torch.equal(dict(trainer.unet.named_parameters())[name], base + 1)
+    assert torch.equal(dict(trainer.frozen_unet.named_parameters())[name], base)

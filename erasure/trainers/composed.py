@@ -36,6 +36,8 @@ class ComposedConfig(EraseConfig):
     unet_method: str = doc("the method whose UNet tensors the erasure keeps (trained first)", default="esd-x")
     text_method: str = doc("the method whose text-encoder tensors the erasure keeps (trained second)",
                            default="advunlearn")
+    joint: bool = doc("train the text part against the UNet part's erased UNet (its targets still from the base "
+                      "UNet), so its inner attack searches the composed model", default=False)
     part_settings: str = doc("settings of the parts over their defaults: METHOD.FIELD=VALUE, comma separated "
                              "(e.g. esd-x.steps=200,advunlearn.lr=1e-4)", default="")
 
@@ -91,6 +93,22 @@ class ComposedTrainer:
             raise UserError(f"--part-settings: {method} has no setting {unknown[0]}; see erasure train --method {method} --help")
         return EraseConfig.from_dict({**shared, **own, "method": method})
 
+    @staticmethod
+    def put_unet_part(trainer, tensors: dict) -> None:
+        """The joint recipe: the text part's trainer predicts with the erased UNet, and keeps the
+        base UNet (a frozen copy) for its targets and its retain term."""
+        import torch
+        if getattr(trainer, "frozen_unet", None) is None or trainer.frozen_unet is not trainer.unet:
+            raise UserError(f"--joint needs a text method whose UNet never trains (advunlearn); "
+                            f"{trainer.config.method} keeps no separate base UNet")
+        trainer.frozen_unet = trainer.frozen_copy(trainer.unet)
+        params = dict(trainer.unet.named_parameters())
+        with torch.no_grad():
+            for key, value in tensors.items():
+                if key.startswith("unet."):
+                    p = params[key.removeprefix("unet.")]
+                    p.copy_(value.to(p.device, p.dtype))
+
     def train(self, out_dir: str | Path, resume: bool = False, stop_after: int | None = None, callback=None) -> Path:
         from ..erasure_files import CONFIG_NAME, WEIGHTS_NAME, base_tensors, hash_tensors, save_erasure
         from ..files import load_tensors
@@ -104,6 +122,8 @@ class ComposedTrainer:
             if not (part / CONFIG_NAME).exists():
                 trainer = get_method(method).trainer_cls(self.part_config(method), cache_dir=self.cache_dir,
                                                          data_parallel=self.data_parallel_run)
+                if role == "text_encoder" and self.config.joint:
+                    self.put_unet_part(trainer, tensors)
                 trainer.train(part, resume=resume and (part / "checkpoint").exists(), stop_after=stop_after,
                               callback=callback)
                 if not (part / CONFIG_NAME).exists():  # stopped early (stop_after): checkpointed, resumable
