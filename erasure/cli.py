@@ -548,8 +548,10 @@ def cmd_ls(args) -> int:
     for name in method_names():
         spec = get_method(name)
         paper, mini = spec.default_config(), spec.default_config("minisd")
-        print(f"{name:13s} {spec.description}\n{'':13s} trains {paper.target}; defaults: {paper.steps} steps, lr {paper.lr:g}"
-              f" (MiniSD: {mini.steps} steps, lr {mini.lr:g})")
+        trains = (paper.ls_summary() if hasattr(paper, "ls_summary") else
+                  f"trains {paper.target}; defaults: {paper.steps} steps, lr {paper.lr:g} (MiniSD: {mini.steps} steps, "
+                  f"lr {mini.lr:g})")
+        print(f"{name:13s} {spec.description}\n{'':13s} {trains}")
     print("weight presets:", ", ".join(target_names()))
     from .eval.metrics import metric_names
     from .eval.suites import suite_names

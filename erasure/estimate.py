@@ -224,7 +224,7 @@ def shard_optimizers(trainer, processes: int) -> None:
     """Leave each optimizer of `trainer` stepping only the share of one process under
     --optimizer adam-sharded (the process with the most elements over all of them): its states
     are that share's; zero_grad still clears every gradient, as ZeroRedundancyOptimizer's does."""
-    optimizers = [v for v in vars(trainer).values() if isinstance(v, torch.optim.Optimizer)]
+    optimizers = trainer.optimizers()
     parts = [zero_partition([[p.numel() for p in g["params"]] for g in opt.param_groups], processes)
              for opt in optimizers]
     load = [sum(opt.param_groups[g]["params"][i].numel() for opt, ps in zip(optimizers, parts) for g, i in ps[r])
@@ -277,7 +277,7 @@ def _estimate_run(cfg, model_dir, sample_size, steps, plan_device, cache_dir, pr
         after_setup, setup_peak = tracker.now, tracker.peak
         step_peaks = run_steps(trainer, steps, tracker)
         trained = sum(p.numel() for p in trainer.trainable.values())
-        state = sum(b for v in vars(trainer).values() if isinstance(v, torch.optim.Optimizer) for _, b in state_bytes(v))
+        state = sum(b for v in trainer.optimizers() for _, b in state_bytes(v))
     return Estimate(after_setup, setup_peak, max([setup_peak, *step_peaks]), step_peaks, trained, optimizer_state=state)
 
 

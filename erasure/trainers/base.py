@@ -330,10 +330,15 @@ class Trainer:
             else optimizer.state_dict()
         optimizer_from_tensors(optimizer, opt, {"param_groups": live["param_groups"]})
 
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """Every optimizer the trainer holds (the trained weights', and a method's own: DoCo's
+        discriminator, SFD's fake score network)."""
+        return [v for v in vars(self).values() if isinstance(v, torch.optim.Optimizer)]
+
     def save_checkpoint(self, out_dir: Path) -> None:
         """Every process holds the same weights, optimizer and generators: the main one writes them
         (a sharded optimizer's states are first gathered to it, which every process takes part in)."""
-        for optimizer in vars(self).values():
+        for optimizer in self.optimizers():
             if hasattr(optimizer, "consolidate_state_dict"):  # --optimizer adam-sharded under a launcher
                 optimizer.consolidate_state_dict(to=0)
         if self.rank != 0:

@@ -1,5 +1,7 @@
-"""AdvUnlearn's text encoder with an ESD-x UNet: a composed erasure, each part trained by its own
-method against the base, the two sets of changed tensors shipped as one erasure.
+"""AdvUnlearn's text encoder with an ESD-x UNet, shipped as one erasure (AdvUnlearn's plug-and-play).
+
+A composed erasure: each part trained by its own method against the base, the two sets of
+changed tensors shipped as one erasure.
 
 The recipe is the one AdvUnlearn's paper proposes for its robust text encoder (Zhang et al.,
 NeurIPS 2024, Sec. 5 "plug-and-play": the adversarially trained text encoder is attached to other
@@ -46,6 +48,11 @@ class ComposedConfig(EraseConfig):
         if self.unet_method == self.text_method:
             raise UserError("--unet-method and --text-method must be two different methods")
         self.parts()  # a malformed --part-settings fails here, before any training
+
+    def ls_summary(self) -> str:
+        """What `erasure ls` says it trains: the parts, each with its own defaults."""
+        return (f"trains {self.unet_method}'s UNet tensors, then {self.text_method}'s text-encoder tensors, each "
+                f"with its own defaults (--joint: the text part against the erased UNet)")
 
     def parts(self) -> dict[str, dict[str, str]]:
         """--part-settings as {method: {field: value text}}."""
