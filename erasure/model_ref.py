@@ -115,6 +115,12 @@ class ModelRef:
             ident = f"base:{self.path.resolve()}"
         return hashlib.sha1(ident.encode()).hexdigest()[:16]
 
+    @property
+    def recorded_name(self) -> str:
+        """How a result's harness names the model: a shipped model by its name, a folder by its
+        absolute path (a replay from another directory finds it)."""
+        return self.given if str(self.given).lower() in NAMED_MODELS else str(Path(self.path).resolve())
+
     def __str__(self) -> str:
         return self.given
 

@@ -351,7 +351,7 @@ def attack_command(arguments: dict[str, Any], json_out: str | Path | None, repla
         return None
     judges = [report.get("judge_record") or world_for(ref).concept_judge_record(concept, a["threshold"])]
     sampling = {"sampler": report["protocol"]["sampler"], **report["settings"]["sampling"]}
-    recorded = {**a, "model": str(ref), "concept": concept, "attack": name, "device": None}
+    recorded = {**a, "model": ref.recorded_name, "concept": concept, "attack": name, "device": None}
     report["harness"] = harness.record(recorded, [j for j in judges if j], sampling, a["seed"] or 0, 1, "attack")
     if replay is not None:
         report["harness"]["replayed_from"] = replay.get("source")

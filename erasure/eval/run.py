@@ -127,7 +127,7 @@ def run_eval(model: str | os.PathLike | ModelRef, cache: str | Path, *, suite: s
     if compare_ref is not None:
         result["compare"] = {"model": str(compare_ref), "summary": runs[1][0]["summary"],
                              "per_prompt": runs[1][0]["per_prompt"]}
-    result["harness"] = harness.record({**arguments, "model": str(ref), "concept": concept},
+    result["harness"] = harness.record({**arguments, "model": ref.recorded_name, "concept": concept},
                                        [j for j in judges if j], {"sampler": sampler_name(ref), **result["sampling"]},
                                        seed, chosen.images_per_prompt, "eval")
     if replay is not None:
