@@ -266,7 +266,10 @@ def _estimate_run(cfg, model_dir, sample_size, steps, plan_device, cache_dir, pr
     tracker = LiveBytes()
     with tempfile.TemporaryDirectory() as tmp, fake_friendly(plan_device), tracker:
         pipe = pipeline_from_configs(model_dir, sample_size)
-        trainer = get_method(cfg.method).trainer_cls(cfg, pipe=pipe, cache_dir=cache_dir or tmp)
+        spec = get_method(cfg.method)
+        if not hasattr(spec.trainer_cls, "accumulate_gradients"):
+            raise UserError(f"{cfg.method} is composed of other methods' parts: estimate each part's method")
+        trainer = spec.trainer_cls(cfg, pipe=pipe, cache_dir=cache_dir or tmp)
         del pipe
         if processes > 1:
             if trainer.plan.optimizer not in ("adam", "adam-sharded"):

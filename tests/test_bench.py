@@ -141,7 +141,7 @@ def test_killed_run_resumes_without_retraining(tiny_mini_dir, tmp_path):
 
 
 @pytest.mark.parametrize("case, model, methods, concepts, extra, message", [
-    ("unknown method", "tiny_mini_dir", "esd-x,nope", "circle", [], "unknown method 'nope'; choose one of: advunlearn"),
+    ("unknown method", "tiny_mini_dir", "esd-x,nope", "circle", [], "unknown method 'nope'; choose one of: adv-esd, advunlearn"),
     ("empty methods", "tiny_mini_dir", " , ", "circle", [], "the method list is empty"),
     ("unknown concept", "tiny_sd_dir", "esd-x", "dog", [], "no judge recognises the concept 'dog'"),
     ("two concepts in one", "tiny_mini_dir", "esd-x", "red circle", [], "cannot score 'red circle' as one concept"),
