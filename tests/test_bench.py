@@ -23,7 +23,7 @@ from erasure.cli import run
 TINY = {"train_scale": 1, "sampling_steps": 2, "images_per_prompt": 1, "images_per_other": 1, "target_prompts": 2,
         "multilingual_prompts": 1, "related_per_concept": 1, "ordinary_prompts": 3, "attack_prompts": 1,
         "attack_timesteps": 1, "attack_iterations": 1, "rab_prompts": 1, "rab_population": 4, "rab_generations": 2,
-        "rab_images": 1, "sampling_images": 1}
+        "rab_images": 1, "sampling_images": 1, "robust_prompts": 1, "inversion_budget": 0.01, "relearn_steps": 2}
 BUDGET = ",".join(f"{k}={v}" for k, v in TINY.items())
 
 

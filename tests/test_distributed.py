@@ -116,12 +116,16 @@ def _relative_difference(a: Path, b: Path, base: dict[str, torch.Tensor]) -> flo
 
 @pytest.mark.parametrize("method, batch_flag, extra", [
     ("esd-x", "--batch-size", []),
-    ("salun", "--batch-size", ["--n-forget", "4", "--n-retain", "4", "--data-steps", "2"]),
+    # the default run keeps one UNet and one text-encoder method; the others run with -m slow
+    pytest.param("salun", "--batch-size", ["--n-forget", "4", "--n-retain", "4", "--data-steps", "2"],
+                 marks=pytest.mark.slow),
     ("advunlearn", "--retain-batch", ["--attack-steps", "1", "--ddim-steps", "2", "--attack-warmup", "0"]),
     # the discriminator sees the gathered global batch; g_adv and g_ret are averaged before the projection
-    ("doco", "--batch-size", ["--n-anchor", "4", "--n-retain", "4", "--data-steps", "2", "--disc-warmup", "1"]),
+    pytest.param("doco", "--batch-size", ["--n-anchor", "4", "--n-retain", "4", "--data-steps", "2", "--disc-warmup", "1"],
+                 marks=pytest.mark.slow),
     # stage one and stage two, each with its fake-net and generator updates averaged
-    ("sfd", "--batch-size", ["--generator", "teacher", "--two-stage", "true", "--distill-steps", "2"]),
+    pytest.param("sfd", "--batch-size", ["--generator", "teacher", "--two-stage", "true", "--distill-steps", "2"],
+                 marks=pytest.mark.slow),
 ])
 def test_training_in_two_processes_equals_one_with_the_global_batch(method, batch_flag, extra, tiny_mini_dir, tmp_path):
     common = ["train", "--concept", "circle", "--method", method, "--model", str(tiny_mini_dir), "--steps", "3",
@@ -189,7 +193,8 @@ def _same_except_timing(a, b, path: str = "") -> list[str]:
 def test_bench_in_two_processes_killed_and_resumed_equals_one(tiny_mini_dir, tmp_path):
     budget = ("train_scale=1,sampling_steps=2,images_per_prompt=1,images_per_other=1,target_prompts=2,"
               "multilingual_prompts=1,related_per_concept=1,ordinary_prompts=3,attack_prompts=1,attack_timesteps=1,"
-              "attack_iterations=1,rab_prompts=1,rab_population=4,rab_generations=2,rab_images=1,sampling_images=1")
+              "attack_iterations=1,rab_prompts=1,rab_population=4,rab_generations=2,rab_images=1,sampling_images=1,"
+              "robust_prompts=1,inversion_budget=0.01,relearn_steps=2")
     common = ["bench", "--methods", "esd-x,esd-u", "--concepts", "circle,star", "--model", str(tiny_mini_dir),
               "--budget", budget, "--train", "steps=1", "--device", "cpu"]
     two_out = tmp_path / "two"

@@ -105,3 +105,25 @@ def test_eval_bad_input_fails_before_generating(args, message, tiny_sd_dir, prom
 def test_prompt_files_are_validated():
     with pytest.raises(UserError, match="no prompt file"):
         read_rows("/no/such.csv")
+
+
+def test_a_resumed_generation_remakes_the_batches_of_the_first_run(tmp_path):
+    """A batch's numbers may depend on its size and partners, so a resume makes each missing image
+    inside the batch it had in an uninterrupted run (and writes only the missing ones)."""
+    from erasure.eval.runner import generate_cached
+
+    items = [{"prompt": f"p{i}", "seed": i, "guidance": 7.5, "steps": 2, "key": f"k{i}"} for i in range(6)]
+    calls = []
+
+    def make(prompts, seeds, guidance, steps):
+        calls.append(list(prompts))
+        return torch.rand(len(prompts), 3, 4, 4)
+
+    assert generate_cached(make, items, tmp_path, batch_size=3, split=False) == {"generated": 6, "cached": 0}
+    kept = (tmp_path / "k0.png").read_bytes()
+    (tmp_path / "k1.png").unlink()
+    (tmp_path / "k4.png").unlink()
+    calls.clear()
+    assert generate_cached(make, items, tmp_path, batch_size=3, split=False) == {"generated": 2, "cached": 4}
+    assert calls == [["p0", "p1", "p2"], ["p3", "p4", "p5"]]
+    assert (tmp_path / "k0.png").read_bytes() == kept  # a cached image is not rewritten

@@ -423,7 +423,10 @@ class Bench:
         sampling = {"sampler": sampler_name(ref), **ref.sampling, **self.s.sampling}
         if self.s.budget.sampling_steps and "num_inference_steps" not in self.s.sampling:
             sampling["num_inference_steps"] = self.s.budget.sampling_steps
-        arguments = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.s).items() if k != "command"}
+        # the output folder and the command line are where and how the run was asked for, not how
+        # its numbers were measured (erasure.harness: the output paths aside)
+        arguments = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.s).items()
+                     if k not in ("command", "out")}
         return harness.record(arguments, [j for j in judges if j], sampling, self.s.seed,
                               self.s.budget.images_per_prompt, "bench")
 

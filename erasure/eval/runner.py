@@ -75,13 +75,18 @@ def generate_cached(make: Callable, items: list[dict], cache_dir: Path, batch_si
     wait for the last; `split=False` makes them all here (a process working alone on its unit)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     missing = [it for it in items if not (cache_dir / f"{it['key']}.png").exists()]
-    batches = image_batches(missing, batch_size)
+    # The batches are those of the whole plan, so a resumed run computes every image in the batch
+    # it had in the first run: a batch's numbers depend on its size on some kernels, and a resume
+    # must give the bytes an uninterrupted run gives. A batch with any image missing is made whole.
+    keys = {it["key"] for it in missing}
+    batches = [b for b in image_batches(items, batch_size) if any(it["key"] in keys for it in b)]
     mine = distributed.deal(batches) if split else batches
     bar = tqdm(total=sum(map(len, mine)), desc="generating", disable=not mine)
     for batch in mine:
         images = make([it["prompt"] for it in batch], [it["seed"] for it in batch], batch[0]["guidance"], batch[0]["steps"])
         for it, image in zip(batch, images):
-            save_png(image, cache_dir / f"{it['key']}.png")
+            if it["key"] in keys:
+                save_png(image, cache_dir / f"{it['key']}.png")
         bar.update(len(batch))
     bar.close()
     if split:
