@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from .version import __version__
 
-__all__ = ["ErasedPipeline", "EraseConfig", "train", "method_names", "get_method", "load_pipeline", "model_sampling",
+__all__ = ["ErasedPipeline", "load_erasure", "EraseConfig", "train", "method_names", "get_method", "load_pipeline", "model_sampling",
            "read_manifest", "resolve_model", "is_minisd", "UserError", "TrainingCancelled", "__version__"]
 
 # public name -> (module, attribute), imported on first use (diffusers is heavy)
 _LAZY = {
     "ErasedPipeline": (".pipelines", "ErasedPipeline"),
+    "load_erasure": (".pipelines", "load_erasure"),
     "EraseConfig": (".config", "EraseConfig"),
     "method_names": (".registry", "method_names"),
     "get_method": (".registry", "get_method"),

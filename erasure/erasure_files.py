@@ -75,14 +75,42 @@ def stored_dtypes(base_path: str | Path, keys: list[str]) -> dict[str, torch.dty
 
     wanted, out = set(keys), {}
     for component in sorted({k.split(".", 1)[0] for k in keys}):
-        folder = Path(base_path) / component
-        files = sorted(folder.glob("*.safetensors"), key=lambda f: (f.name.count(".") > 1, f.name)) if folder.is_dir() else []
-        for file in files:
+        for file in component_files(base_path, component):
             with safe_open(str(file), framework="pt") as handle:
                 for name in handle.keys():
                     key = f"{component}.{name}"
                     if key in wanted and key not in out:
                         out[key] = _SAFETENSORS_DTYPES.get(handle.get_slice(name).get_dtype(), torch.float32)
+    return out
+
+
+def component_files(base_path: str | Path, component: str) -> list[Path]:
+    """The safetensors files of one component folder of a diffusers model, the default file
+    (diffusion_pytorch_model.safetensors, model.safetensors) before a variant
+    (*.fp16.safetensors)."""
+    folder = Path(base_path) / component
+    if not folder.is_dir():
+        return []
+    return sorted(folder.glob("*.safetensors"), key=lambda f: (f.name.count(".") > 1, f.name))
+
+
+def read_base_tensors(base_path: str | Path, keys: list[str] | None = None, component: str | None = None
+                      ) -> dict[str, torch.Tensor]:
+    """Tensors of a base model read from its own safetensors files, keyed "<component>.<name>":
+    the `keys` asked for (only they are read), or every tensor of `component`. A name found in
+    several files is read from the first (`component_files`' order); no model is built."""
+    from safetensors import safe_open
+
+    wanted = set(keys) if keys is not None else None
+    components = sorted({k.split(".", 1)[0] for k in keys}) if keys is not None else [component]
+    out: dict[str, torch.Tensor] = {}
+    for comp in components:
+        for file in component_files(base_path, comp):
+            with safe_open(str(file), framework="pt") as handle:
+                for name in handle.keys():
+                    key = f"{comp}.{name}"
+                    if key not in out and (wanted is None or key in wanted):
+                        out[key] = handle.get_tensor(name)
     return out
 
 

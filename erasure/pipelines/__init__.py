@@ -1,5 +1,5 @@
-from .erased import ErasedPipeline
+from .erased import ErasedPipeline, load_erasure
 from .loading import load_pipeline, pick_device, set_attention_backend
 from .one_step import OneStepScheduler
 
-__all__ = ["ErasedPipeline", "OneStepScheduler", "load_pipeline", "pick_device", "set_attention_backend"]
+__all__ = ["ErasedPipeline", "load_erasure", "OneStepScheduler", "load_pipeline", "pick_device", "set_attention_backend"]

@@ -4,6 +4,13 @@
     pipe = ErasedPipeline.from_pretrained("out/circle", base_model="/models/sd-v1-4")
     image = pipe("a red circle").images[0]
 
+`load_erasure(pipe, path)` applies an erasure to a pipeline the caller built, of any Stable
+Diffusion-layout class (text-to-image, img2img, inpainting, ControlNet: anything with `unet` and
+`text_encoder` components), with the same checks:
+
+    pipe = StableDiffusionImg2ImgPipeline.from_pretrained("/models/sd-v1-4")
+    load_erasure(pipe, "out/nudity")
+
 In every other respect it is a StableDiffusionPipeline (call signature, schedulers, `.to()`,
 dtype). Given a plain Stable Diffusion folder (or a shipped model's name) it loads that unchanged.
 
@@ -26,6 +33,8 @@ from ..errors import UserError
 from ..erasure_files import apply_erasure, is_erasure_dir, read_manifest
 from ..model_ref import resolve_model
 from .one_step import OneStepScheduler
+
+__all__ = ["ErasedPipeline", "load_erasure"]
 
 _CALL_ARGS = list(inspect.signature(StableDiffusionPipeline.__call__).parameters)[1:]
 
@@ -76,3 +85,32 @@ class ErasedPipeline(StableDiffusionPipeline):
     def to_standard(self) -> StableDiffusionPipeline:
         """The same components as a plain StableDiffusionPipeline (what `erasure export` saves)."""
         return StableDiffusionPipeline(**self.components, requires_safety_checker=False)
+
+
+def load_erasure(pipe, path: str | Path) -> dict:
+    """Apply the erasure folder `path` to `pipe` in place and return its manifest.
+
+    `pipe` is any diffusers pipeline with the Stable Diffusion layout (`unet`, `text_encoder`):
+    StableDiffusionPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline,
+    StableDiffusionControlNetPipeline, ... Every changed tensor must exist in the pipeline with
+    the erasure's shape, and the file's dtypes must be those the manifest records (else a
+    UserError naming the tensors); a pipeline whose base values of those tensors differ from the
+    erasure's base gets a warning (erasure_files.apply_erasure). The manifest is kept as
+    `pipe.erasure_manifest`. A one-step erasure (SFD) is a generator with its own scheduler and
+    loads through ErasedPipeline only, which samples it in one step; it is refused here.
+    """
+    path = Path(path)
+    if not path.is_dir() or not is_erasure_dir(path):
+        raise UserError(f"{path} is not an erasure folder (no erasure_config.json); give a folder erasure train or "
+                        "erasure import wrote")
+    missing = [c for c in ("unet", "text_encoder") if getattr(pipe, c, None) is None]
+    if missing:
+        raise UserError(f"{type(pipe).__name__} has no {' or '.join(missing)}; load_erasure applies to Stable "
+                        "Diffusion-layout pipelines (text-to-image, img2img, inpaint, ControlNet)")
+    manifest = read_manifest(path)
+    if (manifest.get("sampling") or {}).get("one_step"):
+        raise UserError(f"{path} is a one-step generator (SFD) that samples with its own scheduler; load it with "
+                        "ErasedPipeline.from_pretrained, or erasure export it to a standard folder")
+    apply_erasure(pipe, path, manifest)
+    pipe.erasure_manifest = manifest
+    return manifest
