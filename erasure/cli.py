@@ -264,6 +264,18 @@ def _erasure_ref(erasure_dir: str):
 def cmd_export(args) -> int:
     from .model_ref import ONE_STEP_SAMPLING, SAMPLING_FILE
 
+    if args.format in ("lora", "kohya"):
+        from .lora import export_lora
+        if args.rank is None:
+            raise UserError(f"--format {args.format} needs --rank R (e.g. --rank 16)")
+        result = export_lora(args.erasure_dir, args.out, args.rank, "diffusers" if args.format == "lora" else "kohya",
+                             args.dtype)
+        for line in result.lines():
+            print(line)
+        return 0
+    if args.rank is not None or args.dtype is not None:
+        raise UserError("--rank and --dtype apply to a LoRA export; add --format lora or --format kohya")
+
     one_step = _erasure_ref(args.erasure_dir).one_step
     # a one-step generator (SFD): its scheduler is erasure's OneStepScheduler, and the folder says
     # how to sample it, so that erasure generate/eval on the export use 1 step, guidance 1
@@ -457,9 +469,15 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     _config_flags(t, _method_in(list(sys.argv[1:] if argv is None else argv)))
     t.set_defaults(func=cmd_train)
 
-    x = sub.add_parser("export", help="write an erasure as a complete standard diffusers folder")
+    x = sub.add_parser("export", help="write an erasure as a complete standard diffusers folder, or as a LoRA file")
     x.add_argument("erasure_dir")
-    x.add_argument("--out", required=True)
+    x.add_argument("--out", required=True, help="a new folder (--format folder) or a NAME.safetensors file (lora, kohya)")
+    x.add_argument("--format", default="folder", choices=["folder", "lora", "kohya"],
+                   help="folder: a complete diffusers folder; lora: a LoRA file in diffusers' format "
+                        "(pipe.load_lora_weights); kohya: a LoRA file in kohya's sd-scripts format")
+    x.add_argument("--rank", type=int, default=None, help="the LoRA's rank per layer (lora, kohya; at most each layer's full rank)")
+    x.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                   help="the LoRA file's dtype (default: the erasure's)")
     x.set_defaults(func=cmd_export)
 
     xt = sub.add_parser("export-text-encoder", help="write an erasure's text encoder (AdvUnlearn) as a CLIPTextModel folder")
