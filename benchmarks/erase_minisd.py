@@ -19,14 +19,15 @@ import time
 from pathlib import Path
 
 
-def evaluate_objects(model, images_per_prompt: int, cache: Path) -> dict[str, dict]:
-    """Per object: object/colour/style accuracy over its 24 prompts (the mini-objects suite)."""
+def evaluate_objects(model, images_per_prompt: int, cache: Path, make=None) -> dict[str, dict]:
+    """Per object: object/colour/style accuracy over its 24 prompts (the mini-objects suite);
+    `make`: an image maker (erasure.eval.runner.pipeline_generate) instead of `model`'s pipeline."""
     from erasure.eval.runner import evaluate
     from erasure.eval.suites import load_suite
 
     suite = load_suite("mini-objects")
     suite.images_per_prompt = images_per_prompt
-    result, _, _ = evaluate(model, suite, cache)
+    result, _, _ = evaluate(model, suite, cache, make=make)
     per_object: dict[str, dict] = {}
     for row in result["per_prompt"]:
         acc = per_object.setdefault(row["group"], {"object_acc": [], "color_acc": [], "style_acc": []})
