@@ -71,17 +71,8 @@ def stored_dtypes(base_path: str | Path, keys: list[str]) -> dict[str, torch.dty
     for `save_dtype`. The default file (diffusion_pytorch_model.safetensors, model.safetensors)
     wins over a variant (*.fp16.safetensors); keys with no file (a pipeline built in memory)
     are left out."""
-    from safetensors import safe_open
-
-    wanted, out = set(keys), {}
-    for component in sorted({k.split(".", 1)[0] for k in keys}):
-        for file in component_files(base_path, component):
-            with safe_open(str(file), framework="pt") as handle:
-                for name in handle.keys():
-                    key = f"{component}.{name}"
-                    if key in wanted and key not in out:
-                        out[key] = _SAFETENSORS_DTYPES.get(handle.get_slice(name).get_dtype(), torch.float32)
-    return out
+    return {key: _SAFETENSORS_DTYPES.get(handle.get_slice(name).get_dtype(), torch.float32)
+            for key, handle, name in _base_entries(base_path, keys)}
 
 
 def component_files(base_path: str | Path, component: str) -> list[Path]:
@@ -94,24 +85,26 @@ def component_files(base_path: str | Path, component: str) -> list[Path]:
     return sorted(folder.glob("*.safetensors"), key=lambda f: (f.name.count(".") > 1, f.name))
 
 
-def read_base_tensors(base_path: str | Path, keys: list[str] | None = None, component: str | None = None
-                      ) -> dict[str, torch.Tensor]:
-    """Tensors of a base model read from its own safetensors files, keyed "<component>.<name>":
-    the `keys` asked for (only they are read), or every tensor of `component`. A name found in
-    several files is read from the first (`component_files`' order); no model is built."""
+def _base_entries(base_path: str | Path, keys: list[str]):
+    """(key, open safetensors handle, name) for each of `keys` ("<component>.<name>") found in the
+    base's own files, a name found in several files from the first (`component_files`' order)."""
     from safetensors import safe_open
 
-    wanted = set(keys) if keys is not None else None
-    components = sorted({k.split(".", 1)[0] for k in keys}) if keys is not None else [component]
-    out: dict[str, torch.Tensor] = {}
-    for comp in components:
-        for file in component_files(base_path, comp):
+    wanted, seen = set(keys), set()
+    for component in sorted({k.split(".", 1)[0] for k in keys}):
+        for file in component_files(base_path, component):
             with safe_open(str(file), framework="pt") as handle:
                 for name in handle.keys():
-                    key = f"{comp}.{name}"
-                    if key not in out and (wanted is None or key in wanted):
-                        out[key] = handle.get_tensor(name)
-    return out
+                    key = f"{component}.{name}"
+                    if key in wanted and key not in seen:
+                        seen.add(key)
+                        yield key, handle, name
+
+
+def read_base_tensors(base_path: str | Path, keys: list[str]) -> dict[str, torch.Tensor]:
+    """The base model's tensors `keys` ("<component>.<name>"), read from its own safetensors
+    files (only they are read; no model is built)."""
+    return {key: handle.get_tensor(name) for key, handle, name in _base_entries(base_path, keys)}
 
 
 def is_erasure_dir(path: str | Path) -> bool:

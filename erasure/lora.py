@@ -133,15 +133,21 @@ def export_lora(erasure_dir: str | Path, out_file: str | Path, rank: int, fmt: s
     store = SAVE_DTYPES[dtype] if dtype else next(iter(erased.values())).dtype
     result = LoraExport(out, fmt)
     tensors: dict[str, torch.Tensor] = {}
-    for key in sorted(erased):
+    deltas = {k: erased[k].to(torch.float64) - base[k].to(torch.float64) for k in sorted(erased)}
+
+    def lora_kind(component: str, module: str, delta: torch.Tensor) -> bool:
+        kind = kinds[component].get(module, "")
+        return kind in ("Linear", "LoRACompatibleLinear") or (kind in ("Conv2d", "LoRACompatibleConv") and delta.dim() == 4)
+
+    # the layers that get factors: a bias rides on its layer's lora_B, so it needs them
+    factored = {k.removesuffix(".weight") for k, d in deltas.items() if k.endswith(".weight") and bool(d.any())
+                and lora_kind(k.split(".", 1)[0], k.split(".", 1)[1].removesuffix(".weight"), d)}
+    for key, delta in deltas.items():
         component, name = key.split(".", 1)
         module, _, param = name.rpartition(".")
-        delta = erased[key].to(torch.float64) - base[key].to(torch.float64)
         if not bool(delta.any()):
             continue
-        kind = kinds[component].get(module, "")
-        lora_kind = kind in ("Linear", "LoRACompatibleLinear") or (kind in ("Conv2d", "LoRACompatibleConv") and delta.dim() == 4)
-        if param == "weight" and lora_kind:
+        if param == "weight" and f"{component}.{module}" in factored:
             down, up, full, error = factorize(delta, rank)
             if fmt == "diffusers":
                 tensors[f"{component}.{module}.lora_A.weight"] = down
@@ -152,19 +158,13 @@ def export_lora(erasure_dir: str | Path, out_file: str | Path, rank: int, fmt: s
                 tensors[f"{stem}.lora_up.weight"] = up
                 tensors[f"{stem}.alpha"] = torch.tensor(float(down.shape[0]))
             result.layers.append(LayerFit(f"{component}.{module}", int(down.shape[0]), full, error))
-        elif param == "bias" and lora_kind and fmt == "diffusers":
+        elif param == "bias" and f"{component}.{module}" in factored and fmt == "diffusers":
             tensors[f"{component}.{module}.lora_B.bias"] = delta.float()
         else:
             size = float(delta.norm() / base[key].to(torch.float64).norm().clamp_min(1e-12))
             result.left_out.append((key, size))
     if not result.layers:
         raise UserError(f"{erasure_dir} changes no Linear or Conv2d weight; it has no LoRA form")
-    # a bias whose layer's weight is unchanged still needs that layer's factors (zero) to load
-    for key in [k for k in tensors if k.endswith(".lora_B.bias")]:
-        stem = key.removesuffix(".lora_B.bias")
-        if f"{stem}.lora_A.weight" not in tensors:
-            result.left_out.append((f"{stem}.bias", 0.0))
-            del tensors[key]
     # diffusers turns peft's lora_bias on for every layer of a file once one layer has a bias, and
     # leaves a layer without one uninitialised: give each the zero bias it stands for
     if any(k.endswith(".lora_B.bias") for k in tensors):

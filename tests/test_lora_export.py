@@ -7,8 +7,6 @@ from safetensors import safe_open
 from erasure import ErasedPipeline
 from erasure.cli import run
 
-pytest.importorskip("peft", reason="diffusers' load_lora_weights needs peft (pip install -e '.[test]' installs it)")
-
 
 @pytest.fixture(scope="module")
 def erasures(tiny_sd_dir, tmp_path_factory):
