@@ -290,6 +290,15 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_import(args) -> int:
+    from .importing import import_erasure
+    result = import_erasure(args.source, args.base, args.out, concept=args.concept, allow_pickle=args.allow_pickle,
+                            dtype=args.dtype)
+    for line in result.lines():
+        print(line)
+    return 0
+
+
 def cmd_export_text_encoder(args) -> int:
     manifest = _erasure_ref(args.erasure_dir).manifest
     if not any(k.startswith("text_encoder.") for k in manifest["changed_tensors"]):
@@ -479,6 +488,18 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     x.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                    help="the LoRA file's dtype (default: the erasure's)")
     x.set_defaults(func=cmd_export)
+
+    im = sub.add_parser("import", help="an erasure made elsewhere (ESD's parameter file, AdvUnlearn's text encoder, a UNet "
+                        "or full diffusers folder) as an erasure folder that eval, attack and bench judge")
+    im.add_argument("source", help="a .safetensors file of changed tensors, or a CLIPTextModel, UNet or Stable Diffusion folder")
+    im.add_argument("--base", required=True, help="the base model it was trained from (a folder, a cached hub id or 'minisd')")
+    im.add_argument("--out", required=True, help="a new erasure folder")
+    im.add_argument("--concept", default=None, help="the concept it erases (ESD's file names say it; else recorded as unknown)")
+    im.add_argument("--allow-pickle", action="store_true",
+                    help="read a .pt/.bin/.ckpt source with torch.load(weights_only=True) (tensors only), with a warning")
+    im.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                    help="store the changed tensors in this dtype (default: the source's)")
+    im.set_defaults(func=cmd_import)
 
     xt = sub.add_parser("export-text-encoder", help="write an erasure's text encoder (AdvUnlearn) as a CLIPTextModel folder")
     xt.add_argument("erasure_dir")

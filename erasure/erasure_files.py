@@ -23,6 +23,7 @@ seconds on every load.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -85,18 +86,46 @@ def component_files(base_path: str | Path, component: str) -> list[Path]:
     return sorted(folder.glob("*.safetensors"), key=lambda f: (f.name.count(".") > 1, f.name))
 
 
+_TEXT_MODEL = "text_encoder.text_model."
+
+
+def canonical_key(key: str) -> str:
+    """A key's name independent of the transformers version: CLIPTextModel's tensors are
+    "text_model.<name>" in transformers 4 (and in Stable Diffusion's own files) and "<name>" in 5."""
+    return "text_encoder." + key.removeprefix(_TEXT_MODEL) if key.startswith(_TEXT_MODEL) else key
+
+
+@functools.lru_cache(maxsize=1)
+def _text_model_prefixed() -> bool:
+    from transformers import CLIPTextConfig, CLIPTextModel
+    tiny = CLIPTextModel(CLIPTextConfig(hidden_size=8, intermediate_size=8, num_attention_heads=1,
+                                        num_hidden_layers=1, vocab_size=8, max_position_embeddings=4))
+    return next(iter(tiny.state_dict())).startswith("text_model.")
+
+
+def loaded_key(key: str) -> str:
+    """`key` as the installed transformers' loaded text encoder names it (UNet keys unchanged), so
+    files written under either transformers version apply under the other."""
+    key = canonical_key(key)
+    if key.startswith("text_encoder.") and _text_model_prefixed():
+        return "text_encoder.text_model." + key.removeprefix("text_encoder.")
+    return key
+
+
 def _base_entries(base_path: str | Path, keys: list[str]):
     """(key, open safetensors handle, name) for each of `keys` ("<component>.<name>") found in the
-    base's own files, a name found in several files from the first (`component_files`' order)."""
+    base's own files (matched by `canonical_key`), a name found in several files from the first
+    (`component_files`' order)."""
     from safetensors import safe_open
 
-    wanted, seen = set(keys), set()
+    wanted = {canonical_key(k): k for k in keys}
+    seen = set()
     for component in sorted({k.split(".", 1)[0] for k in keys}):
         for file in component_files(base_path, component):
             with safe_open(str(file), framework="pt") as handle:
                 for name in handle.keys():
-                    key = f"{component}.{name}"
-                    if key in wanted and key not in seen:
+                    key = wanted.get(canonical_key(f"{component}.{name}"))
+                    if key is not None and key not in seen:
                         seen.add(key)
                         yield key, handle, name
 
@@ -123,8 +152,8 @@ def base_tensors(pipe, names: list[str]) -> dict[str, torch.Tensor]:
 
 def hash_tensors(tensors: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
-    for key in sorted(tensors):
-        h.update(key.encode())
+    for key in sorted(tensors, key=canonical_key):  # the same hash under either transformers version
+        h.update(canonical_key(key).encode())
         h.update(tensors[key].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return h.hexdigest()
 
@@ -189,7 +218,8 @@ def apply_erasure(pipe, path: str | Path, manifest: dict | None = None) -> dict:
     tensors = load_tensors(Path(path) / WEIGHTS_NAME)
     if sorted(tensors) != sorted(manifest["changed_tensors"]):
         raise UserError(f"{path}: the weights file and the manifest list different tensors; re-run erasure train")
-    recorded = manifest.get("tensor_dtypes") or {}
+    recorded = {loaded_key(k): v for k, v in (manifest.get("tensor_dtypes") or {}).items()}
+    tensors = {loaded_key(k): v for k, v in tensors.items()}
     wrong = []
     for key, value in sorted(tensors.items()):
         stored, said = dtype_name(value.dtype), recorded.get(key)

@@ -99,7 +99,7 @@ def export_lora(erasure_dir: str | Path, out_file: str | Path, rank: int, fmt: s
     """Write the erasure at `erasure_dir` as a LoRA file of rank `rank` (per layer, at most its
     full rank) in `fmt` ("diffusers" or "kohya"), stored in `dtype` (float32, float16, bfloat16;
     default: the erasure's own dtype)."""
-    from .erasure_files import SAVE_DTYPES, hash_tensors, read_base_tensors, read_manifest, WEIGHTS_NAME
+    from .erasure_files import SAVE_DTYPES, canonical_key, hash_tensors, read_base_tensors, read_manifest, WEIGHTS_NAME
     from .files import atomic_path, load_tensors
     from .model_ref import resolve_model
 
@@ -147,19 +147,23 @@ def export_lora(erasure_dir: str | Path, out_file: str | Path, rank: int, fmt: s
         module, _, param = name.rpartition(".")
         if not bool(delta.any()):
             continue
+        # the text encoder's layers under the names its files have carried since transformers 4
+        # ("text_model.encoder..."), which diffusers and kohya's tools read whatever transformers runs
+        written = canonical_key(f"{component}.{module}").split(".", 1)[1]
+        written = f"text_model.{written}" if component == "text_encoder" else written
         if param == "weight" and f"{component}.{module}" in factored:
             down, up, full, error = factorize(delta, rank)
             if fmt == "diffusers":
-                tensors[f"{component}.{module}.lora_A.weight"] = down
-                tensors[f"{component}.{module}.lora_B.weight"] = up
+                tensors[f"{component}.{written}.lora_A.weight"] = down
+                tensors[f"{component}.{written}.lora_B.weight"] = up
             else:
-                stem = _KOHYA_PREFIX[component] + module.replace(".", "_")
+                stem = _KOHYA_PREFIX[component] + written.replace(".", "_")
                 tensors[f"{stem}.lora_down.weight"] = down
                 tensors[f"{stem}.lora_up.weight"] = up
                 tensors[f"{stem}.alpha"] = torch.tensor(float(down.shape[0]))
             result.layers.append(LayerFit(f"{component}.{module}", int(down.shape[0]), full, error))
         elif param == "bias" and f"{component}.{module}" in factored and fmt == "diffusers":
-            tensors[f"{component}.{module}.lora_B.bias"] = delta.float()
+            tensors[f"{component}.{written}.lora_B.bias"] = delta.float()
         else:
             size = float(delta.norm() / base[key].to(torch.float64).norm().clamp_min(1e-12))
             result.left_out.append((key, size))

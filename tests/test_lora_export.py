@@ -67,3 +67,27 @@ def test_bad_lora_export_input_is_one_line_exit_2(args, message, erasures, tmp_p
     assert run(["export", str(erasures["esd-x"]), "--out", str(tmp_path / "x.safetensors"), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def test_a_text_encoder_erasure_exports_under_the_text_model_names(tiny_sd_dir, tmp_path):
+    # an AdvUnlearn-like change of the text encoder, imported, exported at full rank, loaded back
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTextModel
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_dir, safety_checker=None, requires_safety_checker=False)
+    encoder = CLIPTextModel(pipe.text_encoder.config)
+    encoder.load_state_dict(pipe.text_encoder.state_dict())
+    with torch.no_grad():
+        for name, param in encoder.named_parameters():
+            if "self_attn.q_proj" in name:
+                param.add_(0.05 * torch.randn(param.shape, generator=torch.Generator().manual_seed(1)))
+    encoder.save_pretrained(tmp_path / "te", safe_serialization=True)
+    assert run(["import", str(tmp_path / "te"), "--base", str(tiny_sd_dir), "--out", str(tmp_path / "e")]) == 0
+    for fmt in ("lora", "kohya"):
+        assert run(["export", str(tmp_path / "e"), "--format", fmt, "--rank", "1000", "--dtype", "float32",
+                    "--out", str(tmp_path / f"{fmt}.safetensors")]) == 0
+    with safe_open(str(tmp_path / "kohya.safetensors"), framework="pt") as f:
+        assert all(k.startswith("lora_te_text_model_encoder_layers_") for k in f.keys())
+    pipe.load_lora_weights(str(tmp_path / "lora.safetensors"))
+    ids = pipe.tokenizer(["a red circle"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.allclose(pipe.text_encoder(ids)[0], encoder(ids)[0], atol=1e-4)
