@@ -174,7 +174,7 @@ def save_erasure(out_dir: str | Path, config, tensors: dict[str, torch.Tensor], 
         "erasure_version": __version__,
         "method": config.method,
         "concept": config.concept,
-        "base_model": config.base_model,
+        "base_model": recorded_base(config.base_model, base_path, out),
         "base_model_path": str(Path(base_path).resolve()),
         "base_hash": base_hash,
         "changed_tensors": sorted(tensors),
@@ -187,6 +187,43 @@ def save_erasure(out_dir: str | Path, config, tensors: dict[str, torch.Tensor], 
     }
     write_json(out / CONFIG_NAME, manifest)
     return out
+
+
+def recorded_base(base_model: str, base_path: str | Path, out_dir: str | Path) -> str:
+    """How a manifest names its base: a local folder relative to the erasure folder (the pair
+    moves together, and a shared erasure never names a folder relative to whoever loads it), a
+    shipped model or a hub id as given."""
+    import os
+    given = Path(str(base_model)).expanduser()
+    if not given.exists():
+        return str(base_model)
+    return os.path.relpath(Path(base_path).resolve(), Path(out_dir).resolve())
+
+
+def manifest_base(path: str | Path, manifest: dict) -> str:
+    """The base model reference of the erasure folder `path`: a relative folder is read from the
+    erasure folder, never from the current directory (a shared erasure must not pick up whatever
+    folder of that name the loader stands in); a shipped model by name; a hub id in the local
+    Hugging Face cache only; failing those, the absolute folder it was trained from
+    (`base_model_path`), if it is still there."""
+    from .model_ref import NAMED_MODELS
+    base = str(manifest["base_model"])
+    if base.lower() in NAMED_MODELS or Path(base).expanduser().is_absolute():
+        return base
+    beside = Path(path) / base
+    if beside.exists():
+        return str(beside)
+    if base.count("/") == 1 and not base.startswith((".", "~")):
+        try:
+            from huggingface_hub import snapshot_download
+            return snapshot_download(base, local_files_only=True)
+        except Exception:
+            pass
+    trained_from = manifest.get("base_model_path")
+    if trained_from and Path(trained_from).is_absolute() and Path(trained_from).exists():
+        return str(trained_from)
+    raise UserError(f"{path}: its base model '{base}' is neither beside the erasure folder ({beside}) nor a cached hub "
+                    "model; pass the base explicitly (--base-model / ErasedPipeline.from_pretrained(..., base_model=FOLDER))")
 
 
 def read_manifest(path: str | Path) -> dict:

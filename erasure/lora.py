@@ -99,7 +99,8 @@ def export_lora(erasure_dir: str | Path, out_file: str | Path, rank: int, fmt: s
     """Write the erasure at `erasure_dir` as a LoRA file of rank `rank` (per layer, at most its
     full rank) in `fmt` ("diffusers" or "kohya"), stored in `dtype` (float32, float16, bfloat16;
     default: the erasure's own dtype)."""
-    from .erasure_files import SAVE_DTYPES, canonical_key, hash_tensors, read_base_tensors, read_manifest, WEIGHTS_NAME
+    from .erasure_files import (SAVE_DTYPES, WEIGHTS_NAME, canonical_key, hash_tensors, manifest_base, read_base_tensors,
+                                read_manifest)
     from .files import atomic_path, load_tensors
     from .model_ref import resolve_model
 
@@ -120,7 +121,7 @@ def export_lora(erasure_dir: str | Path, out_file: str | Path, rank: int, fmt: s
         raise UserError(f"{erasure_dir} is a one-step generator (SFD); a LoRA on its base would not sample it in one "
                         "step: use erasure export for a full folder")
     erased = load_tensors(erasure_dir / WEIGHTS_NAME)
-    base_path = resolve_model(manifest["base_model"])
+    base_path = resolve_model(manifest_base(erasure_dir, manifest))
     base = read_base_tensors(base_path, list(erased))
     missing = sorted(set(erased) - set(base))
     if missing:

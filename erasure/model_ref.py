@@ -43,6 +43,14 @@ def _check_sd_folder(path: Path) -> Path:
     if missing:
         raise UserError(f"{path} lacks the Stable Diffusion part(s) {', '.join(missing)}; "
                         "a base model needs unet/, text_encoder/, tokenizer/, vae/ and scheduler/")
+    from .files import PICKLE_SUFFIXES
+    for component in ("unet", "text_encoder", "vae"):
+        if not any((path / component).glob("*.safetensors")):
+            pickles = sorted(f.name for f in (path / component).iterdir() if f.suffix.lower() in PICKLE_SUFFIXES)
+            found = f"only the pickle file(s) {', '.join(pickles)}" if pickles else "no weight file"
+            raise UserError(f"{path / component} has {found}; erasure loads weights from safetensors only (unpickling "
+                            f"runs code): re-save the model with save_pretrained(..., safe_serialization=True), or "
+                            f"turn a fine-tune into an erasure with erasure import --allow-pickle")
     return path
 
 
@@ -129,12 +137,12 @@ def resolve(model: "str | os.PathLike | ModelRef") -> ModelRef:
     """Resolve `model` once (a ModelRef is returned as it is)."""
     if isinstance(model, ModelRef):
         return model
-    from .erasure_files import is_erasure_dir, read_manifest
+    from .erasure_files import is_erasure_dir, manifest_base, read_manifest
     given = str(model)
     path = Path(given)
     if path.is_dir() and is_erasure_dir(path):
         manifest = read_manifest(path)
-        base = resolve_model(manifest["base_model"])
+        base = resolve_model(manifest_base(path, manifest))
         one_step = bool((manifest.get("sampling") or {}).get("one_step"))
         sampling = default_sampling(base)
         return ModelRef(given, path, base, manifest, one_step, {**sampling, **ONE_STEP_SAMPLING} if one_step else sampling)

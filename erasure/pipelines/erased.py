@@ -30,7 +30,7 @@ from pathlib import Path
 from diffusers import StableDiffusionPipeline
 
 from ..errors import UserError
-from ..erasure_files import apply_erasure, is_erasure_dir, read_manifest
+from ..erasure_files import apply_erasure, is_erasure_dir, manifest_base, read_manifest
 from ..model_ref import resolve_model
 from .one_step import OneStepScheduler
 
@@ -67,10 +67,12 @@ class ErasedPipeline(StableDiffusionPipeline):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, base_model: str | None = None, **kwargs):
         path = Path(str(pretrained_model_name_or_path))
+        refuse_code_loading(kwargs)
         kwargs.setdefault("local_files_only", True)
+        kwargs["use_safetensors"] = True
         if path.is_dir() and is_erasure_dir(path):
             manifest = read_manifest(path)
-            base = resolve_model(base_model or manifest["base_model"])
+            base = resolve_model(base_model or manifest_base(path, manifest))
             pipe = super().from_pretrained(base, **kwargs)
             apply_erasure(pipe, path, manifest)
             pipe.erasure_manifest = manifest
@@ -85,6 +87,20 @@ class ErasedPipeline(StableDiffusionPipeline):
     def to_standard(self) -> StableDiffusionPipeline:
         """The same components as a plain StableDiffusionPipeline (what `erasure export` saves)."""
         return StableDiffusionPipeline(**self.components, requires_safety_checker=False)
+
+
+def refuse_code_loading(kwargs: dict) -> None:
+    """Loading a model never runs code it ships: `trust_remote_code` and `custom_pipeline` are
+    refused rather than passed on to diffusers, and weights load from safetensors only."""
+    for name in ("trust_remote_code", "custom_pipeline"):
+        if kwargs.get(name):
+            raise UserError(f"{name} is refused: erasure never runs code shipped with a model; load a standard "
+                            "Stable Diffusion folder")
+    if kwargs.get("use_safetensors") is False:
+        raise UserError("use_safetensors=False is refused: erasure loads weights from safetensors files only "
+                        "(convert pickles first: erasure import --allow-pickle, or safetensors.torch.save_file)")
+    kwargs.pop("trust_remote_code", None)
+    kwargs.pop("custom_pipeline", None)
 
 
 def load_erasure(pipe, path: str | Path) -> dict:

@@ -54,7 +54,7 @@ def load_pipeline(model: "str | os.PathLike | ModelRef" = MINISD_NAME, device: s
     ref = resolve(model)
     loader = ErasedPipeline if ref.is_erasure else StableDiffusionPipeline
     pipe = loader.from_pretrained(ref.path, dtype=dtype, safety_checker=None, feature_extractor=None,
-                                  requires_safety_checker=False, local_files_only=True)
+                                  requires_safety_checker=False, local_files_only=True, use_safetensors=True)
     pipe = pipe.to(pick_device(device))
     set_attention_backend(pipe, attention)
     pipe.set_progress_bar_config(disable=True)
