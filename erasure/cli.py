@@ -232,22 +232,30 @@ def _export(erasure_dir: str, out_dir: str, part, extra_json: dict[str, dict] | 
     `out_dir`, plus `extra_json` ({file name: content}), through a temp folder renamed at the end
     (nothing half-written under the name)."""
     import shutil
+    import tempfile
 
-    from .files import write_json
+    from .files import _umask, write_json
     from .pipelines import ErasedPipeline
 
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not empty; choose a new --out")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; choose a new folder")
     pipe = ErasedPipeline.from_pretrained(erasure_dir)
-    tmp = out.with_name(out.name + ".tmp-export")
-    shutil.rmtree(tmp, ignore_errors=True)
-    part(pipe).save_pretrained(tmp, safe_serialization=True)
-    for name, content in (extra_json or {}).items():
-        write_json(tmp / name, content)
-    if out.exists():
-        out.rmdir()
-    tmp.rename(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # a temp folder of our own (unique), so nothing else beside --out is ever touched
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp-export", dir=out.parent))
+    try:
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; the export gets the mode a new folder would
+        part(pipe).save_pretrained(tmp, safe_serialization=True)
+        for name, content in (extra_json or {}).items():
+            write_json(tmp / name, content)
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

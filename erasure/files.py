@@ -29,10 +29,18 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp makes the file 0600; the result gets the mode any new file would (the umask's)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, final)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def cache_home() -> Path:
@@ -52,6 +60,24 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
+        _canonical_header(tmp)
+
+
+def _canonical_header(path: Path) -> None:
+    """Rewrite a safetensors header in place with its keys sorted: safetensors writes the metadata
+    in hash-map order, so identical runs would give files whose bytes (and hash) differ. The
+    header keeps its length (the same JSON reordered, padded with spaces as safetensors pads it),
+    so the tensor data does not move."""
+    with open(path, "r+b") as f:
+        length = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(length))
+        if "__metadata__" in header:
+            header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), sort_keys=False).encode()
+        if len(text) > length:  # never: the same content, reordered
+            return
+        f.seek(8)
+        f.write(text + b" " * (length - len(text)))
 
 
 def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

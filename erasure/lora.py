@@ -182,7 +182,10 @@ def export_lora(erasure_dir: str | Path, out_file: str | Path, rank: int, fmt: s
     if fmt == "kohya":
         metadata.update({"ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": str(rank)})
     from safetensors.torch import save_file
+
+    from .files import _canonical_header
     with atomic_path(out) as tmp:
         save_file({k: v.to(store).contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        _canonical_header(tmp)
     result.bytes = out.stat().st_size
     return result

@@ -50,3 +50,37 @@ def test_a_relative_base_resolves_from_the_erasure_folder(tiny_sd_dir, tmp_path,
     (moved / "erasures" / "e" / "erasure_config.json").write_text(json.dumps(manifest))
     with pytest.raises(UserError, match="not.*beside the erasure folder|neither beside"):
         ErasedPipeline.from_pretrained(moved / "erasures" / "e")
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    import os
+    from erasure.files import write_json
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        write_json(tmp_path / "b.json", {"x": 1})
+        assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_export_touches_nothing_beside_out(tiny_sd_dir, tmp_path):
+    erasure = tmp_path / "e"
+    assert run(["train", "--concept", "circle", "--model", str(tiny_sd_dir), "--steps", "1", "--out", str(erasure),
+                "--no-grid"]) == 0
+    mine = tmp_path / "x.tmp-export"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    assert run(["export", str(erasure), "--out", str(tmp_path / "x")]) == 0
+    assert (mine / "keep.txt").read_text() == "mine" and (tmp_path / "x" / "model_index.json").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".x.")]
+
+
+def test_identical_runs_write_identical_erasure_files(tiny_sd_dir, tmp_path):
+    for name in ("a", "b"):
+        assert run(["train", "--concept", "circle", "--model", str(tiny_sd_dir), "--steps", "2", "--out",
+                    str(tmp_path / name), "--no-grid"]) == 0
+    assert (tmp_path / "a" / "erasure_model.safetensors").read_bytes() == \
+        (tmp_path / "b" / "erasure_model.safetensors").read_bytes()
