@@ -6,10 +6,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 from .errors import UserError
+
+
+# limits that keep one bad number from allocating for hours: images in one generate call, guidance
+MAX_IMAGES_PER_CALL = 256
+MAX_GUIDANCE = 100.0
 
 
 def _positive(name: str, value: int) -> int:
@@ -24,6 +30,9 @@ def _sampling_flags(args) -> dict:
     if args.steps is not None:
         sampling["num_inference_steps"] = _positive("steps", args.steps)
     if args.guidance is not None:
+        if not math.isfinite(args.guidance) or not 0 <= args.guidance <= MAX_GUIDANCE:
+            raise UserError(f"--guidance must be a number from 0 to {MAX_GUIDANCE:g} (got {args.guidance}); "
+                            "Stable Diffusion samples at 7.5")
         sampling["guidance_scale"] = args.guidance
     return sampling
 
@@ -40,6 +49,9 @@ def cmd_generate(args) -> int:
     from .pipelines import load_pipeline
 
     _positive("num-images", args.num_images)
+    if args.num_images > MAX_IMAGES_PER_CALL:
+        raise UserError(f"--num-images is at most {MAX_IMAGES_PER_CALL} per call (got {args.num_images}); run several "
+                        "calls with different --seed, or erasure eval for many images")
     if not args.prompt.strip():
         raise UserError("--prompt is empty; say what to draw, e.g. --prompt 'a red circle'")
     model = resolve(args.model)
@@ -181,7 +193,12 @@ def _train_config(args) -> "EraseConfig":  # noqa: F821
             raise UserError(f"no config file at {args.config}") from None
         except yaml.YAMLError as e:
             raise UserError(f"{args.config} is not valid YAML ({str(e).splitlines()[0]})") from None
-        from_yaml = {k.replace("-", "_"): v for k, v in from_yaml.items()}
+        except (UnicodeDecodeError, IsADirectoryError):
+            raise UserError(f"{args.config} is not a YAML text file; pass a config such as method: esd-x") from None
+        if not isinstance(from_yaml, dict):
+            raise UserError(f"{args.config} holds a YAML {type(from_yaml).__name__}, not a mapping of settings "
+                            "(e.g. method: esd-x, steps: 200)")
+        from_yaml = {str(k).replace("-", "_"): v for k, v in from_yaml.items()}
     method = args.method or from_yaml.get("method") or "esd-x"
     spec = get_method(method)
     fields = {f.name for f in dataclasses.fields(spec.config_cls)}
@@ -204,20 +221,30 @@ def _check_concept_known(config) -> None:
 
 
 def cmd_train(args) -> int:
-    from .erasure_files import CONFIG_NAME, WEIGHTS_NAME
-    from .eval.before_after import write_comparison
+    from . import distributed
+    from .erasure_files import CONFIG_NAME
+    from .outdir import check_out, hold_out
     from .registry import get_method
 
     config = _train_config(args)
     _check_concept_known(config)
+
     out = Path(args.out)
     if not args.resume and (out / CONFIG_NAME).exists():
         raise UserError(f"{out} already holds an erasure; choose a new --out or delete it")
-    trainer = get_method(config.method).trainer_cls(config)
-    trainer.train(out, resume=args.resume)
-    if trainer.rank != 0:  # data parallel: the main process wrote the erasure and draws the grid
+    if not distributed.is_main():  # data parallel: the main process checks and holds the folder
+        get_method(config.method).trainer_cls(config).train(out, resume=args.resume)
         return 0
-    from .eval.before_after import release
+    check_out(out)
+    with hold_out(out):
+        trainer = get_method(config.method).trainer_cls(config)
+        trainer.train(out, resume=args.resume)
+        return _after_training(trainer, out, config, args)
+
+
+def _after_training(trainer, out: Path, config, args) -> int:
+    from .erasure_files import CONFIG_NAME, WEIGHTS_NAME
+    from .eval.before_after import release, write_comparison
 
     device = release(trainer)
     grid_path = write_comparison(out, config, device) if args.grid else "not drawn (--no-grid)"
@@ -238,10 +265,10 @@ def _export(erasure_dir: str, out_dir: str, part, extra_json: dict[str, dict] | 
     from .pipelines import ErasedPipeline
 
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} exists and is not empty; choose a new --out")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; choose a new folder")
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not empty; choose a new --out")
     pipe = ErasedPipeline.from_pretrained(erasure_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     # a temp folder of our own (unique), so nothing else beside --out is ever touched
@@ -615,7 +642,8 @@ def run(argv: list[str] | None = None) -> int:
         return args.func(args)
     except UserError as e:
         print(f"erasure: error: {e}", file=sys.stderr)
-        return 2
+        # 2, or the error's own code: TrainingInterrupted (Ctrl-C, checkpoint saved) returns 130
+        return getattr(e, "exit_code", 2)
 
 
 def main() -> None:

@@ -136,7 +136,9 @@ class EraseConfig:
         if bad:
             raise UserError(f"the {world.title} recipe of {spec.name} names unknown setting(s) {', '.join(bad)}; "
                             "fix the world's catalogue")
-        return cls(**{**layered, **data, "method": spec.name})
+        merged = {**layered, **data, "method": spec.name}
+        _check_types(cls, merged)
+        return cls(**merged)
 
     @staticmethod
     def from_json(text_or_path: str | Path) -> "EraseConfig":
@@ -146,6 +148,27 @@ class EraseConfig:
         except json.JSONDecodeError as e:
             raise UserError(f"the config is not valid JSON ({e.msg} at line {e.lineno}); fix or regenerate it") from None
         return EraseConfig.from_dict(data)
+
+
+def _check_types(cls, values: dict[str, Any]) -> None:
+    """A setting given as the wrong kind of value (a YAML `steps: abc`, `lr: [1]`) is a one-line
+    error naming it, not a TypeError deep in training: each value must be of its default's kind."""
+    for f in dataclasses.fields(cls):
+        if f.name not in values or f.default is dataclasses.MISSING or f.default is None:
+            continue
+        value, default = values[f.name], f.default
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, (int, float)):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            ok = ok and (isinstance(value, int) or not isinstance(default, int) or float(value).is_integer())
+        elif isinstance(default, str):
+            ok = isinstance(value, str)
+        else:
+            continue
+        if not ok:
+            kind = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}[type(default)]
+            raise UserError(f"setting '{f.name}' must be {kind} (got {value!r}); fix it in the config or the flag")
 
 
 @dataclass

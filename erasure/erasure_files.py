@@ -39,6 +39,7 @@ CONFIG_NAME = "erasure_config.json"
 WEIGHTS_NAME = "erasure_model.safetensors"
 FORMAT = "erasure/1"
 COMPONENTS = ("unet", "text_encoder")
+MAX_MANIFEST_BYTES = 16 * 10**6  # an SD 1.x manifest lists ~700 tensors in ~100 kB
 SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -200,41 +201,23 @@ def recorded_base(base_model: str, base_path: str | Path, out_dir: str | Path) -
     return os.path.relpath(Path(base_path).resolve(), Path(out_dir).resolve())
 
 
-def manifest_base(path: str | Path, manifest: dict) -> str:
-    """The base model reference of the erasure folder `path`: a relative folder is read from the
-    erasure folder, never from the current directory (a shared erasure must not pick up whatever
-    folder of that name the loader stands in); a shipped model by name; a hub id in the local
-    Hugging Face cache only; failing those, the absolute folder it was trained from
-    (`base_model_path`), if it is still there."""
-    from .model_ref import NAMED_MODELS
-    base = str(manifest["base_model"])
-    if base.lower() in NAMED_MODELS or Path(base).expanduser().is_absolute():
-        return base
-    beside = Path(path) / base
-    if beside.exists():
-        return str(beside)
-    if base.count("/") == 1 and not base.startswith((".", "~")):
-        try:
-            from huggingface_hub import snapshot_download
-            return snapshot_download(base, local_files_only=True)
-        except Exception:
-            pass
-    trained_from = manifest.get("base_model_path")
-    if trained_from and Path(trained_from).is_absolute() and Path(trained_from).exists():
-        return str(trained_from)
-    raise UserError(f"{path}: its base model '{base}' is neither beside the erasure folder ({beside}) nor a cached hub "
-                    "model; pass the base explicitly (--base-model / ErasedPipeline.from_pretrained(..., base_model=FOLDER))")
-
-
 def read_manifest(path: str | Path) -> dict:
     path = Path(path)
     cfg = path / CONFIG_NAME
     if not cfg.exists():
         raise UserError(f"{path} has no {CONFIG_NAME}; it is not a complete erasure folder (re-run erasure train)")
+    if cfg.stat().st_size > MAX_MANIFEST_BYTES:
+        raise UserError(f"{cfg} is {cfg.stat().st_size / 1e6:.0f} MB, not a manifest (at most {MAX_MANIFEST_BYTES // 10**6} MB); "
+                        "re-run erasure train to rewrite it")
     try:
         manifest = json.loads(cfg.read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"{cfg} is corrupt ({e.msg} at line {e.lineno}); re-run erasure train to rewrite it") from None
+    except (UnicodeDecodeError, IsADirectoryError):
+        raise UserError(f"{cfg} is not JSON text; re-run erasure train to rewrite it") from None
+    if not isinstance(manifest, dict):
+        raise UserError(f"{cfg} is not an erasure manifest (a JSON {type(manifest).__name__}, not an object); "
+                        "re-run erasure train")
     missing = [k for k in ("format", "method", "base_model", "changed_tensors", "config") if k not in manifest]
     if missing or not str(manifest.get("format", "")).startswith("erasure/"):
         raise UserError(f"{cfg} is not an erasure manifest (missing {', '.join(missing) or 'format'}); re-run erasure train")

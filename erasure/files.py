@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -80,6 +81,31 @@ def _canonical_header(path: Path) -> None:
         f.write(text + b" " * (length - len(text)))
 
 
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    """The hex sha256 of a file, read in 4 MB pieces (a full-size checkpoint is ~14 GB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's bytes, or a folder's names, to the disk: a rename that publishes a folder is
+    only as durable as what it points at. Best effort: a filesystem or OS that cannot fsync a
+    folder (Windows) is left as it is."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     path = Path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
@@ -87,7 +113,14 @@ def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[s
                          "(e.g. safetensors.torch.save_file(torch.load(p, weights_only=True), 'model.safetensors'))")
     if not path.exists():
         raise FileNotFoundError(f"no weights file at {path}")
-    return load_file(str(path), device=str(device))
+    from safetensors import SafetensorError
+
+    from .errors import UserError
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError) as e:  # truncated, corrupt, or not safetensors at all
+        raise UserError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0]}); it is damaged: "
+                        "re-run what wrote it (erasure train) or copy it again") from None
 
 
 def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

@@ -99,10 +99,10 @@ def export_lora(erasure_dir: str | Path, out_file: str | Path, rank: int, fmt: s
     """Write the erasure at `erasure_dir` as a LoRA file of rank `rank` (per layer, at most its
     full rank) in `fmt` ("diffusers" or "kohya"), stored in `dtype` (float32, float16, bfloat16;
     default: the erasure's own dtype)."""
-    from .erasure_files import (SAVE_DTYPES, WEIGHTS_NAME, canonical_key, hash_tensors, manifest_base, read_base_tensors,
+    from .erasure_files import (SAVE_DTYPES, WEIGHTS_NAME, canonical_key, hash_tensors, read_base_tensors,
                                 read_manifest)
     from .files import atomic_path, load_tensors
-    from .model_ref import resolve_model
+    from .model_ref import manifest_base, resolve_model
 
     if fmt not in FORMATS:
         raise UserError(f"unknown LoRA format '{fmt}'; choose one of {', '.join(FORMATS)}")

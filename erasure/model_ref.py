@@ -133,11 +133,36 @@ class ModelRef:
         return self.given
 
 
+def manifest_base(path: str | Path, manifest: dict) -> str:
+    """The base model reference of the erasure folder `path`: a relative folder is read from the
+    erasure folder, never from the current directory (a shared erasure must not pick up whatever
+    folder of that name the loader stands in); a shipped model by name; a hub id in the local
+    Hugging Face cache only; failing those, the absolute folder it was trained from
+    (`base_model_path`), if it is still there."""
+    base = str(manifest["base_model"])
+    if base.lower() in NAMED_MODELS or Path(base).expanduser().is_absolute():
+        return base
+    beside = Path(path) / base
+    if beside.exists():
+        return str(beside)
+    if base.count("/") == 1 and not base.startswith((".", "~")):
+        try:
+            from huggingface_hub import snapshot_download
+            return snapshot_download(base, local_files_only=True)
+        except Exception:
+            pass
+    trained_from = manifest.get("base_model_path")
+    if trained_from and Path(trained_from).is_absolute() and Path(trained_from).exists():
+        return str(trained_from)
+    raise UserError(f"{path}: its base model '{base}' is neither beside the erasure folder ({beside}) nor a cached hub "
+                    "model; pass the base explicitly (--base-model / ErasedPipeline.from_pretrained(..., base_model=FOLDER))")
+
+
 def resolve(model: "str | os.PathLike | ModelRef") -> ModelRef:
     """Resolve `model` once (a ModelRef is returned as it is)."""
     if isinstance(model, ModelRef):
         return model
-    from .erasure_files import is_erasure_dir, manifest_base, read_manifest
+    from .erasure_files import is_erasure_dir, read_manifest
     given = str(model)
     path = Path(given)
     if path.is_dir() and is_erasure_dir(path):

@@ -22,6 +22,9 @@ def shipped_prompt_file(setting: str) -> str:
     return setting
 
 
+MAX_PROMPT_FILE_BYTES = 64 * 10**6  # COCO-30k's prompts are 3 MB; larger is a wrong file
+
+
 def read_prompt_table(path: str | Path, flag: str, choices: str = "", csv_only: bool = False) -> list[dict[str, str]]:
     """Rows of a prompt file as {column: stripped text} ({"prompt": ...} for a .txt), in file
     order, rows with an empty prompt dropped. `choices` names what else `flag` accepts."""
@@ -29,6 +32,9 @@ def read_prompt_table(path: str | Path, flag: str, choices: str = "", csv_only: 
     kinds = "a CSV with a 'prompt' column" if csv_only else "a .txt (one prompt per line) or a .csv with a 'prompt' column"
     if not path.is_file():
         raise UserError(f"{flag}: no file at {path}; pass {choices + ' or ' if choices else ''}{kinds}")
+    if path.stat().st_size > MAX_PROMPT_FILE_BYTES:
+        raise UserError(f"{flag}: {path} is {path.stat().st_size / 1e6:.0f} MB, above the {MAX_PROMPT_FILE_BYTES // 10**6} MB "
+                        "a prompt file may be; split it, or pass --limit on a smaller file")
     try:
         if csv_only or path.suffix.lower() == ".csv":
             with open(path, newline="", encoding="utf-8-sig") as f:
@@ -43,6 +49,8 @@ def read_prompt_table(path: str | Path, flag: str, choices: str = "", csv_only: 
             rows = [{"prompt": line.strip()} for line in path.read_text(encoding="utf-8-sig").splitlines()]
     except UnicodeDecodeError:
         raise UserError(f"{flag}: {path} is not UTF-8 text; pass {kinds}") from None
+    except csv.Error as e:
+        raise UserError(f"{flag}: {path} is not a readable CSV ({e}); pass {kinds}") from None
     return rows
 
 

@@ -183,7 +183,7 @@ LAYERS = [  # top first; a module imports only from its own layer or the layers 
     ("worlds", ["erasure.worlds"]),
     ("judges", ["erasure.judges"]),
     ("pipelines", ["erasure.pipelines"]),
-    ("format", ["erasure.erasure_files", "erasure.lora", "erasure.importing", "erasure.model_ref", "erasure.selfdata", "erasure.images"]),
+    ("format", ["erasure.erasure_files", "erasure.lora", "erasure.importing", "erasure.outdir", "erasure.model_ref", "erasure.selfdata", "erasure.images"]),
     ("leaves", ["erasure.registry", "erasure.plugins", "erasure.targets", "erasure.sampling", "erasure.files",
                 "erasure.prompt_files", "erasure.errors", "erasure.version", "erasure.memory", "erasure.distributed",
                 "erasure.harness"]),

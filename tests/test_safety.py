@@ -84,3 +84,73 @@ def test_identical_runs_write_identical_erasure_files(tiny_sd_dir, tmp_path):
                     str(tmp_path / name), "--no-grid"]) == 0
     assert (tmp_path / "a" / "erasure_model.safetensors").read_bytes() == \
         (tmp_path / "b" / "erasure_model.safetensors").read_bytes()
+
+
+def test_train_checks_out_before_any_work(tiny_sd_dir, tmp_path, capsys):
+    import os
+    file = tmp_path / "afile"
+    file.write_text("x")
+    theirs = tmp_path / "theirs"
+    (theirs / "checkpoint").mkdir(parents=True)
+    (theirs / "checkpoint" / "notes.txt").write_text("mine")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "report.pdf").write_text("mine")
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    os.chmod(readonly, 0o500)
+    cases = [(file, "is a file"), (theirs, "not a training checkpoint"), (other, "holds files a run did not write")]
+    if os.geteuid() != 0:  # root writes anywhere
+        cases.append((readonly / "e", "cannot write"))
+    for out, message in cases:
+        code = run(["train", "--concept", "circle", "--model", str(tiny_sd_dir), "--steps", "1", "--out", str(out), "--no-grid"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and message in err, (out, err)
+    assert (theirs / "checkpoint" / "notes.txt").read_text() == "mine" and (other / "report.pdf").exists()
+
+
+def test_a_second_run_into_a_held_out_is_refused(tiny_sd_dir, tmp_path, capsys):
+    from erasure.outdir import hold_out
+    out = tmp_path / "e"
+    out.mkdir()
+    with hold_out(out):
+        code = run(["train", "--concept", "circle", "--model", str(tiny_sd_dir), "--steps", "1", "--out", str(out), "--no-grid"])
+    assert code == 2 and "being written by another run" in capsys.readouterr().err
+    assert not (out / "erasure_model.safetensors").exists()
+    assert run(["train", "--concept", "circle", "--model", str(tiny_sd_dir), "--steps", "1", "--out", str(out), "--no-grid"]) == 0
+
+
+@pytest.mark.parametrize("make, argv, message", [
+    (lambda d: (d / "c.yaml").write_text("method: esd-x\nconcept: circle\nsteps: abc\n"),
+     ["train", "--config", "{d}/c.yaml"], "setting 'steps' must be a whole number"),
+    (lambda d: (d / "c.yaml").write_text("- a\n- b\n"), ["train", "--config", "{d}/c.yaml"], "not a mapping of settings"),
+    (lambda d: (d / "c.yaml").write_bytes(b"\xff\xfe\x00bin"), ["train", "--config", "{d}/c.yaml"], "not a YAML text file"),
+    (lambda d: None, ["generate", "--prompt", "a circle", "--device", "tpu9"], "is not a device"),
+    (lambda d: None, ["generate", "--prompt", "a circle", "--num-images", "100000"], "at most 256 per call"),
+    (lambda d: None, ["generate", "--prompt", "a circle", "--guidance", "nan"], "--guidance must be a number"),
+    (lambda d: None, ["attack", "--suite", "mini-objects", "--concept", "circle", "--budget", "2", "--json", "{d}/a.json"],
+     "0 < --budget <= 1"),
+])
+def test_bad_inputs_are_one_line_errors(make, argv, message, tiny_sd_dir, tmp_path, capsys):
+    make(tmp_path)
+    argv = [a.replace("{d}", str(tmp_path)) for a in argv]
+    code = run([*argv, "--model", str(tiny_sd_dir), "--out", str(tmp_path / "out")] if argv[0] != "attack"
+               else [*argv, "--model", str(tiny_sd_dir)])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("erasure")]
+    assert code == 2 and len(errors) == 1 and message in errors[0] and "Traceback" not in err, err
+
+
+def test_a_truncated_erasure_is_a_one_line_error(tiny_sd_dir, tmp_path, capsys):
+    erasure = tmp_path / "e"
+    assert run(["train", "--concept", "circle", "--model", str(tiny_sd_dir), "--steps", "1", "--out", str(erasure),
+                "--no-grid"]) == 0
+    weights = erasure / "erasure_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    capsys.readouterr()
+    for argv in (["generate", "--model", str(erasure), "--prompt", "a circle", "--steps", "1", "--out", str(tmp_path / "g")],
+                 ["export", str(erasure), "--out", str(tmp_path / "x")]):
+        assert run(argv) == 2
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith("erasure")]
+        assert len(errors) == 1 and "not a readable safetensors file" in errors[0] and "Traceback" not in err, err

@@ -256,8 +256,9 @@ def attack_config(name: str, model: str | os.PathLike | ModelRef, budget: float 
     specs = _specs()
     if name not in specs:
         raise UserError(f"unknown attack '{name}'; choose one of {', '.join(specs)}")
-    if not budget > 0:
-        raise UserError(f"the attack budget scales its search: give --budget > 0 (got {budget})")
+    if not 0 < budget <= 1:  # NaN fails both comparisons
+        raise UserError(f"the attack budget is the share of the attack's full search to run: give 0 < --budget <= 1 "
+                        f"(got {budget}); raise the search itself with --set (e.g. --set iterations=...)")
     cls = specs[name].config_cls
     known = {f.name for f in fields(cls)}
     given = {k: v for k, v in overrides.items() if v is not None}

@@ -30,8 +30,8 @@ from pathlib import Path
 from diffusers import StableDiffusionPipeline
 
 from ..errors import UserError
-from ..erasure_files import apply_erasure, is_erasure_dir, manifest_base, read_manifest
-from ..model_ref import resolve_model
+from ..erasure_files import apply_erasure, is_erasure_dir, read_manifest
+from ..model_ref import manifest_base, resolve_model
 from .one_step import OneStepScheduler
 
 __all__ = ["ErasedPipeline", "load_erasure"]

@@ -18,7 +18,16 @@ def pick_device(device: str | None = None) -> torch.device:
         if distributed.launched():
             return distributed.device()
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"--device '{device}' is not a device; use auto, cpu, cuda or cuda:N") from None
+    if chosen.type == "cuda" and (not torch.cuda.is_available() or (chosen.index or 0) >= torch.cuda.device_count()):
+        found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        raise UserError(f"--device {device}: this machine has {found} CUDA device(s); use --device cpu or auto")
+    if chosen.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device {device}: erasure runs on cpu, cuda or mps")
+    return chosen
 
 
 def set_attention_backend(pipe, backend: str = "auto") -> str:

@@ -1,0 +1,76 @@
+"""The output folder of a run, checked before any work and held while the run writes it.
+
+`check_out` refuses an `--out` that is a file, that cannot be written (read-only, a full disk, a
+path under /proc) or that holds files this package did not write, so a run never trains for an
+hour to fail at the end or deletes someone else's `checkpoint/`. `hold_out` takes an exclusive
+lock (`.erasure.lock`, flock: released by the kernel when the process dies, so a killed run
+leaves no stale lock) so that a second run into the same folder gets a one-line error instead of
+both reporting success with one result lost.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from .errors import UserError
+
+LOCK_NAME = ".erasure.lock"
+# what a training run writes into its --out (the erasure, its grid, its checkpoint and their temp files)
+_RUN_FILES = {"erasure_config.json", "erasure_model.safetensors", "comparison.png", "checkpoint", LOCK_NAME}
+
+
+def _ours(entry: Path) -> bool:
+    name = entry.name
+    return name in _RUN_FILES or name.startswith(("checkpoint.", ".erasure_", ".comparison.png.")) or name.endswith(".tmp")
+
+
+def check_out(out: str | Path, what: str = "--out") -> Path:
+    """`out` as a folder a run may write: created if new; an error if it is a file, is not
+    writable, or holds files that are not a run's (a `checkpoint/` that is not ours included)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{what} {out} is a file; choose a folder")
+    if out.is_dir():
+        others = sorted(e.name for e in out.iterdir() if not _ours(e))
+        if others:
+            shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+            raise UserError(f"{what} {out} holds files a run did not write ({shown}); choose a new or empty folder")
+        ckpt = out / "checkpoint"
+        if ckpt.exists() and not (ckpt / "state.json").exists() and any(ckpt.iterdir()):
+            raise UserError(f"{what} {out} holds a checkpoint/ folder that is not a training checkpoint; choose another folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".erasure_probe.", dir=out)
+        os.write(fd, b"\0" * 4096)  # a full disk fails here, not after the training
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"cannot write to {what} {out} ({e.strerror or e}); choose a writable folder") from None
+    return out
+
+
+@contextlib.contextmanager
+def hold_out(out: str | Path) -> Iterator[Path]:
+    """Hold `out` for this process while the block runs; another holder is a one-line error."""
+    import fcntl
+
+    out = Path(out)
+    handle = open(out / LOCK_NAME, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise UserError(f"{out} is being written by another run ({holder}); wait for it to end or choose "
+                            "another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        yield out
+    finally:
+        handle.close()
