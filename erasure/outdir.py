@@ -3,7 +3,7 @@
 `check_out` refuses an `--out` that is a file, that cannot be written (read-only, a full disk, a
 path under /proc) or that holds files this package did not write, so a run never trains for an
 hour to fail at the end or deletes someone else's `checkpoint/`. `hold_out` takes an exclusive
-lock (`.erasure.lock`, flock: released by the kernel when the process dies, so a killed run
+lock (`.erasure.lock`, removed when the run ends; flock: released by the kernel when the process dies, so a killed run
 leaves no stale lock) so that a second run into the same folder gets a one-line error instead of
 both reporting success with one result lost.
 """
@@ -28,7 +28,7 @@ def _ours(entry: Path) -> bool:
 
 
 def check_out(out: str | Path, what: str = "--out") -> Path:
-    """`out` as a folder a run may write: created if new; an error if it is a file, is not
+    """`out` as a folder a run may write (not created here): an error if it is a file, is not
     writable, or holds files that are not a run's (a `checkpoint/` that is not ours included)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -41,9 +41,15 @@ def check_out(out: str | Path, what: str = "--out") -> Path:
         ckpt = out / "checkpoint"
         if ckpt.exists() and not (ckpt / "state.json").exists() and any(ckpt.iterdir()):
             raise UserError(f"{what} {out} holds a checkpoint/ folder that is not a training checkpoint; choose another folder")
+    # probe the folder, or the nearest one above it that exists (nothing is created for a run that
+    # may still fail on its inputs)
+    probe_dir = out
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".erasure_probe.", dir=out)
+        if not probe_dir.is_dir():
+            raise NotADirectoryError(f"{probe_dir} is a file")
+        fd, probe = tempfile.mkstemp(prefix=".erasure_probe.", dir=probe_dir)
         os.write(fd, b"\0" * 4096)  # a full disk fails here, not after the training
         os.close(fd)
         os.remove(probe)
@@ -58,6 +64,8 @@ def hold_out(out: str | Path) -> Iterator[Path]:
     import fcntl
 
     out = Path(out)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
     handle = open(out / LOCK_NAME, "a+")
     try:
         try:
@@ -71,6 +79,15 @@ def hold_out(out: str | Path) -> Iterator[Path]:
         handle.truncate()
         handle.write(f"pid {os.getpid()}")
         handle.flush()
-        yield out
+        try:
+            yield out
+        finally:
+            # removed while still held, so the finished folder holds only the run's results (a
+            # later run makes a fresh lock file; contenders never wait, they fail at once)
+            with contextlib.suppress(OSError):
+                (out / LOCK_NAME).unlink()
+            if created:  # a run that failed before writing anything leaves no empty folder
+                with contextlib.suppress(OSError):
+                    out.rmdir()
     finally:
         handle.close()

@@ -131,7 +131,7 @@ def test_attack_budget_zero_is_a_one_line_error(tmp_path, capsys):
                 "--json", str(tmp_path / "a.json")])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--budget > 0" in err[0]
+    assert len(err) == 1 and "0 < --budget <= 1" in err[0]
     assert not (tmp_path / "a.json").exists()
 
 

@@ -73,7 +73,7 @@ def test_relearn_judges_each_k_and_saves_what_it_trained(tiny_mini_dir, tmp_path
     (["--attack", "relearn", "--set", "params=changed"], "params 'changed' needs an erasure"),
     (["--attack", "relearn", "--set", "params=everything"], "unknown relearn params"),
     (["--attack", "inversion", "--set", "stepz=3"], "has no setting stepz"),
-    (["--attack", "inversion", "--budget", "0"], "--budget > 0"),
+    (["--attack", "inversion", "--budget", "0"], "0 < --budget <= 1"),
     (["--attack", "inversion", "--set", "oops"], "--set takes key=value"),
 ])
 def test_bad_attack_settings_are_one_line(extra, message, tiny_mini_dir, tmp_path, capsys):
