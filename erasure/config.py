@@ -157,13 +157,21 @@ def _check_types(cls, values: dict[str, Any]) -> None:
         if f.name not in values or f.default is dataclasses.MISSING or f.default is None:
             continue
         value, default = values[f.name], f.default
-        if isinstance(default, bool):
-            ok = isinstance(value, bool)
+        if isinstance(default, bool):  # a CLI word ("true", "off") is read by the setting itself
+            ok = isinstance(value, (bool, str))
         elif isinstance(default, (int, float)):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            ok = ok and (isinstance(value, int) or not isinstance(default, int) or float(value).is_integer())
-        elif isinstance(default, str):
-            ok = isinstance(value, str)
+            if isinstance(value, str):  # a number written as text (a flag) is read by the setting itself
+                try:
+                    value = float(value)
+                except ValueError:
+                    ok = False
+                else:
+                    ok = not isinstance(default, int) or value.is_integer()
+            else:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+                ok = ok and (isinstance(value, int) or not isinstance(default, int) or float(value).is_integer())
+        elif isinstance(default, str):  # a word setting may also take true/false ("auto" | bool levers)
+            ok = isinstance(value, (str, bool))
         else:
             continue
         if not ok:
