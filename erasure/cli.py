@@ -261,7 +261,7 @@ def _export(erasure_dir: str, out_dir: str, part, extra_json: dict[str, dict] | 
     import shutil
     import tempfile
 
-    from .files import _umask, write_json
+    from .files import current_umask, write_json
     from .pipelines import ErasedPipeline
 
     out = Path(out_dir)
@@ -274,7 +274,7 @@ def _export(erasure_dir: str, out_dir: str, part, extra_json: dict[str, dict] | 
     # a temp folder of our own (unique), so nothing else beside --out is ever touched
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp-export", dir=out.parent))
     try:
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; the export gets the mode a new folder would
+        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it 0700; the export gets the mode a new folder would
         part(pipe).save_pretrained(tmp, safe_serialization=True)
         for name, content in (extra_json or {}).items():
             write_json(tmp / name, content)

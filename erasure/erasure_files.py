@@ -81,7 +81,13 @@ def component_files(base_path: str | Path, component: str) -> list[Path]:
     """The safetensors files of one component folder of a diffusers model, the default file
     (diffusion_pytorch_model.safetensors, model.safetensors) before a variant
     (*.fp16.safetensors)."""
-    folder = Path(base_path) / component
+    return safetensors_files(Path(base_path) / component)
+
+
+def safetensors_files(folder: str | Path) -> list[Path]:
+    """A model folder's safetensors files, the default file before a variant (*.fp16.safetensors);
+    none for a folder that does not exist."""
+    folder = Path(folder)
     if not folder.is_dir():
         return []
     return sorted(folder.glob("*.safetensors"), key=lambda f: (f.name.count(".") > 1, f.name))

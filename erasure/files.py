@@ -31,14 +31,14 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     try:
         yield Path(tmp)
         # mkstemp makes the file 0600; the result gets the mode any new file would (the umask's)
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, final)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def _umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask

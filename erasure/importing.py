@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .files import PICKLE_SUFFIXES, human_size
+from .files import PICKLE_SUFFIXES, human_size, load_tensors
 
 FORMS = ("parameters", "text-encoder-folder", "unet-folder", "diffusers-folder")
 IMPORTED_METHOD = "imported"
@@ -75,20 +75,12 @@ class ImportResult:
                 f"wrote the erasure folder {self.out} ({human_size(self.size)})"]
 
 
-def _safetensors_files(folder: Path) -> list[Path]:
-    # the default file before a variant (*.fp16.safetensors), as erasure_files.component_files orders them
-    return sorted(folder.glob("*.safetensors"), key=lambda f: (f.name.count(".") > 1, f.name))
-
-
 def _refuse_pickle(path: Path) -> None:
     raise UserError(f"{path} is a pickle checkpoint, which erasure does not load (unpickling runs code); convert it "
                     "to .safetensors, or pass --allow-pickle to read it with torch.load(weights_only=True)")
 
 
 def _read_file(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     if path.suffix.lower() in PICKLE_SUFFIXES:
         if not allow_pickle:
             _refuse_pickle(path)
@@ -107,15 +99,12 @@ def _read_file(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
     if path.suffix.lower() != ".safetensors":
         raise UserError(f"{path} is neither a .safetensors file nor a folder; erasure import reads safetensors "
                         "files and diffusers folders")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0]}); re-download or "
-                        "re-save it") from None
+    return load_tensors(path)
 
 
 def _read_folder(folder: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
-    files = _safetensors_files(folder)
+    from .erasure_files import safetensors_files
+    files = safetensors_files(folder)
     if not files:
         pickles = sorted(f for f in folder.iterdir() if f.suffix.lower() in PICKLE_SUFFIXES)
         if not pickles:
@@ -224,7 +213,7 @@ def _base_key_names(base_path: Path) -> dict[str, set[str]]:
 def import_erasure(source: str | Path, base: str, out: str | Path, concept: str | None = None,
                    allow_pickle: bool = False, dtype: str | None = None) -> ImportResult:
     """Write the erasure folder `out` holding what `source` changes in the base model `base`."""
-    from .erasure_files import WEIGHTS_NAME, hash_tensors, read_base_tensors, save_erasure, storage_dtypes
+    from .erasure_files import WEIGHTS_NAME, hash_tensors, read_base_tensors, save_erasure
     from .model_ref import resolve_model
 
     out = Path(out)
@@ -270,9 +259,9 @@ def import_erasure(source: str | Path, base: str, out: str | Path, concept: str 
         concept = concept or match["concept"].replace("_", " ")
     config = ImportConfig(concept=concept, base_model=str(base), source=str(source_path.resolve()), source_form=form,
                           source_method=source_method)
-    dtypes = storage_dtypes(changed, dtype=dtype)
     base_hash = hash_tensors({k: base_values[k] for k in changed})
-    save_erasure(out, config, changed, base_hash, base_path, dtype=dtype, base_dtypes=dtypes,
+    # no base_dtypes: each changed tensor is stored in the source's dtype unless `dtype` is given
+    save_erasure(out, config, changed, base_hash, base_path, dtype=dtype,
                  extra={"imported_from": {"source": str(source_path.resolve()), "form": form,
                                           "source_method": source_method}})
     return ImportResult(out, form, {k: tuple(v.shape) for k, v in changed.items()}, unchanged,

@@ -101,7 +101,7 @@ def export_lora(erasure_dir: str | Path, out_file: str | Path, rank: int, fmt: s
     default: the erasure's own dtype)."""
     from .erasure_files import (SAVE_DTYPES, WEIGHTS_NAME, canonical_key, hash_tensors, read_base_tensors,
                                 read_manifest)
-    from .files import atomic_path, load_tensors
+    from .files import load_tensors, save_tensors
     from .model_ref import manifest_base, resolve_model
 
     if fmt not in FORMATS:
@@ -181,11 +181,6 @@ def export_lora(erasure_dir: str | Path, out_file: str | Path, rank: int, fmt: s
                                                                    if k in manifest})}
     if fmt == "kohya":
         metadata.update({"ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": str(rank)})
-    from safetensors.torch import save_file
-
-    from .files import _canonical_header
-    with atomic_path(out) as tmp:
-        save_file({k: v.to(store).contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        _canonical_header(tmp)
+    save_tensors(out, {k: v.to(store) for k, v in tensors.items()}, metadata=metadata)
     result.bytes = out.stat().st_size
     return result
