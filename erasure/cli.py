@@ -200,6 +200,8 @@ def _train_config(args) -> "EraseConfig":  # noqa: F821
                             "(e.g. method: esd-x, steps: 200)")
         from_yaml = {str(k).replace("-", "_"): v for k, v in from_yaml.items()}
     method = args.method or from_yaml.get("method") or "esd-x"
+    if not isinstance(method, str):
+        raise UserError(f"setting 'method' must be a method name such as esd-x (got {method!r}); see erasure ls")
     spec = get_method(method)
     fields = {f.name for f in dataclasses.fields(spec.config_cls)}
     typed = {k: v for k, v in vars(args).items() if k not in TRAIN_OWN_FLAGS and k not in ("command", "func")}

@@ -53,7 +53,8 @@ class EraseConfig:
     gradient_checkpointing: str = doc("recompute activations in the backward pass instead of keeping them (the "
                                       "trained UNet, every UNet a backward passes through, a trained text encoder): "
                                       "less memory, more time, the same result. auto (on for a UNet over 300M "
-                                      "parameters: Stable Diffusion; off for MiniSD), true or false", default="auto")
+                                      "parameters: Stable Diffusion; off for MiniSD), true or false", default="auto",
+                                      takes_bool=True)
     optimizer: str = doc("Adam's implementation: auto (adam), adam (torch's, the papers'), adam8bit (bitsandbytes' "
                          "8-bit states: 2 bytes per weight instead of 8), adam-offload (torchao: states and step on "
                          "the CPU; CUDA only) or adam-sharded (under a launcher each process keeps the states of "
@@ -170,8 +171,8 @@ def _check_types(cls, values: dict[str, Any]) -> None:
             else:
                 ok = isinstance(value, (int, float)) and not isinstance(value, bool)
                 ok = ok and (isinstance(value, int) or not isinstance(default, int) or float(value).is_integer())
-        elif isinstance(default, str):  # a word setting may also take true/false ("auto" | bool levers)
-            ok = isinstance(value, (str, bool))
+        elif isinstance(default, str):  # a word lever ("auto" | true | false) may also take a YAML boolean
+            ok = isinstance(value, str) or (isinstance(value, bool) and f.metadata.get("takes_bool", False))
         else:
             continue
         if not ok:
