@@ -9,7 +9,8 @@ from __future__ import annotations
 from .version import __version__
 
 __all__ = ["ErasedPipeline", "load_erasure", "EraseConfig", "train", "method_names", "get_method", "load_pipeline", "model_sampling",
-           "read_manifest", "resolve_model", "is_minisd", "UserError", "TrainingCancelled", "__version__"]
+           "read_manifest", "resolve_model", "is_minisd", "UserError", "TrainingCancelled",
+           "TrainingInterrupted", "TrainingDiverged", "__version__"]
 
 # public name -> (module, attribute), imported on first use (diffusers is heavy)
 _LAZY = {
@@ -25,6 +26,8 @@ _LAZY = {
     "read_manifest": (".erasure_files", "read_manifest"),
     "UserError": (".errors", "UserError"),
     "TrainingCancelled": (".trainers.base", "TrainingCancelled"),
+    "TrainingInterrupted": (".trainers.base", "TrainingInterrupted"),
+    "TrainingDiverged": (".trainers.base", "TrainingDiverged"),
 }
 
 

@@ -16,6 +16,9 @@ from .errors import UserError
 # limits that keep one bad number from allocating for hours: images in one generate call, guidance
 MAX_IMAGES_PER_CALL = 256
 MAX_GUIDANCE = 100.0
+# sampling steps: the schedulers are trained on 1000 timesteps and DDIM's "leading" spacing with
+# SD's steps_offset runs past the last one at 1000 steps; past a few hundred no image improves
+MAX_SAMPLING_STEPS = 500
 
 
 def _positive(name: str, value: int) -> int:
@@ -29,6 +32,8 @@ def _sampling_flags(args) -> dict:
     sampling = {}
     if args.steps is not None:
         sampling["num_inference_steps"] = _positive("steps", args.steps)
+        if args.steps > MAX_SAMPLING_STEPS:
+            raise UserError(f"--steps is at most {MAX_SAMPLING_STEPS} (got {args.steps}); Stable Diffusion samples in 50")
     if args.guidance is not None:
         if not math.isfinite(args.guidance) or not 0 <= args.guidance <= MAX_GUIDANCE:
             raise UserError(f"--guidance must be a number from 0 to {MAX_GUIDANCE:g} (got {args.guidance}); "
@@ -47,13 +52,13 @@ def cmd_generate(args) -> int:
     from .images import grid, save_png
     from .model_ref import resolve
     from .pipelines import load_pipeline
+    from .prompt_files import check_prompt_text
 
     _positive("num-images", args.num_images)
     if args.num_images > MAX_IMAGES_PER_CALL:
         raise UserError(f"--num-images is at most {MAX_IMAGES_PER_CALL} per call (got {args.num_images}); run several "
                         "calls with different --seed, or erasure eval for many images")
-    if not args.prompt.strip():
-        raise UserError("--prompt is empty; say what to draw, e.g. --prompt 'a red circle'")
+    check_prompt_text(args.prompt, "--prompt")
     model = resolve(args.model)
     pipe = load_pipeline(model, device=args.device)
     images = generate(pipe, [args.prompt], args.num_images, args.seed, _sampling(args, model), desc="generate")
@@ -646,6 +651,11 @@ def run(argv: list[str] | None = None) -> int:
         print(f"erasure: error: {e}", file=sys.stderr)
         # 2, or the error's own code: TrainingInterrupted (Ctrl-C, checkpoint saved) returns 130
         return getattr(e, "exit_code", 2)
+    except KeyboardInterrupt:
+        # Ctrl-C outside a training step loop (loading, generating, evaluating): every file is
+        # written through a temp name and a rename, so nothing half-written is left behind
+        print("erasure: interrupted (Ctrl-C); files already written are complete, none is half-written", file=sys.stderr)
+        return 130
 
 
 def main() -> None:

@@ -75,6 +75,11 @@ class EraseConfig:
         self.concept = self.concept.strip()
         if not self.concepts:
             raise UserError("the concept is empty; say what to erase, e.g. --concept circle")
+        from .prompt_files import MAX_PROMPT_CHARS
+        for name in ("concept", "anchor"):
+            if len(getattr(self, name)) > MAX_PROMPT_CHARS:
+                raise UserError(f"--{name} is {len(getattr(self, name))} characters, above the {MAX_PROMPT_CHARS} a "
+                                "prompt may be; shorten it, or name a prompt file with --concept-prompts")
         for name in ("steps", "batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")

@@ -39,7 +39,11 @@ def check_out(out: str | Path, what: str = "--out") -> Path:
             shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
             raise UserError(f"{what} {out} holds files a run did not write ({shown}); choose a new or empty folder")
         ckpt = out / "checkpoint"
-        if ckpt.exists() and not (ckpt / "state.json").exists() and any(ckpt.iterdir()):
+        # a checkpoint/ without state.json is ours when a run died while committing a new one:
+        # checkpoint.prev (the one before) or a checkpoint.new-* scratch folder sits beside it,
+        # and --resume falls back on the previous checkpoint
+        committing = any(e.name == "checkpoint.prev" or e.name.startswith("checkpoint.new-") for e in out.iterdir())
+        if (ckpt.is_dir() and not (ckpt / "state.json").exists() and any(ckpt.iterdir()) and not committing):
             raise UserError(f"{what} {out} holds a checkpoint/ folder that is not a training checkpoint; choose another folder")
     # probe the folder, or the nearest one above it that exists (nothing is created for a run that
     # may still fail on its inputs)

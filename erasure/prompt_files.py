@@ -23,6 +23,20 @@ def shipped_prompt_file(setting: str) -> str:
 
 
 MAX_PROMPT_FILE_BYTES = 64 * 10**6  # COCO-30k's prompts are 3 MB; larger is a wrong file
+# one prompt typed on the command line or in a config: the text encoder reads 77 tokens (a few
+# hundred characters); thousands of characters are a pasted file, not a prompt
+MAX_PROMPT_CHARS = 2000
+
+
+def check_prompt_text(text: str, flag: str) -> str:
+    """`text` stripped, or a one-line UserError when it is empty or longer than MAX_PROMPT_CHARS."""
+    text = text.strip()
+    if not text:
+        raise UserError(f"{flag} is empty; say what to draw, e.g. {flag} 'a red circle'")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise UserError(f"{flag} is {len(text)} characters, above the {MAX_PROMPT_CHARS} a prompt may be (the text "
+                        "encoder reads its first 77 tokens); shorten it, or put many prompts in a .txt file")
+    return text
 
 
 def read_prompt_table(path: str | Path, flag: str, choices: str = "", csv_only: bool = False) -> list[dict[str, str]]:

@@ -130,6 +130,13 @@ def test_a_second_run_into_a_held_out_is_refused(tiny_sd_dir, tmp_path, capsys):
     (lambda d: None, ["generate", "--prompt", "a circle", "--guidance", "nan"], "--guidance must be a number"),
     (lambda d: None, ["attack", "--suite", "mini-objects", "--concept", "circle", "--budget", "2", "--json", "{d}/a.json"],
      "0 < --budget <= 1"),
+    (lambda d: None, ["generate", "--prompt", "a circle " * 10000], "above the 2000 a prompt may be"),
+    (lambda d: None, ["generate", "--prompt", "a circle", "--steps", "100000"], "--steps is at most 500"),
+    (lambda d: None, ["train", "--concept", "circle" * 1000], "above the 2000 a prompt may be"),
+    (lambda d: (d / "c.yaml").write_text("method: true\nconcept: circle\n"), ["train", "--config", "{d}/c.yaml"],
+     "setting 'method' must be a method name"),
+    (lambda d: (d / "c.yaml").write_text("concept: false\n"), ["train", "--config", "{d}/c.yaml"],
+     "setting 'concept' must be a string"),
 ])
 def test_bad_inputs_are_one_line_errors(make, argv, message, tiny_sd_dir, tmp_path, capsys):
     make(tmp_path)

@@ -76,7 +76,7 @@ def train_erasure(settings: BenchSettings, method: str, concept: str, log: Calla
     from ..erasure_files import is_erasure_dir, read_manifest
     from ..pipelines.loading import pick_device
     from ..registry import get_method
-    from ..trainers.base import CHECKPOINT_DIR
+    from ..trainers.base import checkpoint_in
 
     final = Path(settings.out) / "erasures" / method / slug(concept)
     if (final / "train.json").exists() and is_erasure_dir(final):
@@ -84,10 +84,11 @@ def train_erasure(settings: BenchSettings, method: str, concept: str, log: Calla
     partial = final.with_name(final.name + ".partial")
     config = train_config(settings, method, concept)
     timing_file = partial / "timing.json"
-    resume = (partial / CHECKPOINT_DIR / "state.json").exists()
+    last = checkpoint_in(partial)  # checkpoint/, else checkpoint.prev (a run killed while committing)
+    resume = last is not None
     prior = 0.0
     if resume:
-        step = json.loads((partial / CHECKPOINT_DIR / "state.json").read_text())["step"]
+        step = json.loads((last / "state.json").read_text())["step"]
         timing = json.loads(timing_file.read_text()) if timing_file.exists() else {}
         prior = timing.get("seconds", 0.0) if timing.get("step") == step else 0.0
     else:

@@ -8,6 +8,9 @@ Diffusion: NudeNet, and an image judged nude is blurred on the server, never sen
 train an erasure in the background, one job at a time, with progress and Cancel
 (erasure/demo/jobs.py); it trains into a hidden temp folder that is renamed into `--erasures DIR`
 only when complete. Erasures: what DIR holds, with the manifests; one click loads one into Compare.
+A damaged erasure folder (a corrupt manifest, cut-short or pickle weights, a missing base) is
+listed as "name (unreadable: reason)" and answers that reason when chosen; it never stops the
+demo from starting, and nothing in it is loaded.
 
 `Demo` (erasure/demo/logic.py) holds the logic (tests drive it without a browser); `build_app`
 puts a Gradio UI on it. Nothing leaves the machine: no share link, Gradio's analytics off, no
@@ -44,13 +47,21 @@ def _safe(fn, n_outputs: int):
     def wrapped(*args):
         try:
             return fn(*args)
-        except UserError as e:
-            message = str(e).splitlines()[0]
         except Exception as e:
-            log.exception("demo request failed")
-            message = f"internal error ({type(e).__name__}); the server log has the details"
-        return (*[gr.skip()] * (n_outputs - 1), f"**Error:** {message}")
+            if not isinstance(e, UserError):
+                log.exception("demo request failed")
+            return (*[gr.skip()] * (n_outputs - 1), error_line(e))
     return wrapped
+
+
+def error_line(error: Exception) -> str:
+    """The status box's one line for a failed request: a UserError's message, else (a bug) its
+    type only, the traceback going to the server log."""
+    if isinstance(error, UserError):
+        message = (str(error).splitlines() or [""])[0]
+    else:
+        message = f"internal error ({type(error).__name__}); the server log has the details"
+    return f"**Error:** {message}"
 
 
 CSS = "#base-verdict, #erased-verdict {min-height: 3em}"
@@ -61,8 +72,8 @@ def build_app(model: str = "minisd", erasures_dir: str | Path = "erasures", limi
     """The Gradio app (not launched): Compare, Erase and Erasures tabs over a `Demo`."""
     demo = demo or Demo(model, erasures_dir, limits, device)
     lim = demo.limits
-    names = [e.name for e in demo.erasures() if e.manifest]
-    first = (names or [None])[0]
+    found = demo.erasures()  # a damaged folder is listed with its reason, never a failed start
+    first = next((e.name for e in found if not e.error), None)
 
     with gr.Blocks(title="erasure demo", analytics_enabled=False) as app:
         gr.Markdown(f"# erasure demo\nBase model **{demo.model}**: erase a concept, then see it gone, side by side.")
@@ -72,7 +83,8 @@ def build_app(model: str = "minisd", erasures_dir: str | Path = "erasures", limi
                     placeholder = demo.world.example_prompts(None)[0][0]  # the world's own example
                     prompt = gr.Textbox(label="Prompt", placeholder=placeholder, elem_id="prompt", scale=3,
                                         max_length=lim.max_prompt_chars)
-                    chosen = gr.Dropdown(names, value=first, label="Erasure (a folder under the erasures folder)",
+                    chosen = gr.Dropdown([(e.label, e.name) for e in found], value=first,  # damaged: with why
+                                         label="Erasure (a folder under the erasures folder)",
                                          allow_custom_value=True, elem_id="erasure", scale=2)
                 with gr.Row():
                     seed = gr.Number(0, label="Seed", precision=0, elem_id="seed")
@@ -113,7 +125,7 @@ def build_app(model: str = "minisd", erasures_dir: str | Path = "erasures", limi
 
             with gr.Tab("Erasures", id="erasures"):
                 gr.Markdown(f"Erasures under `{demo.root}`. Click a row to load it in Compare.")
-                table = gr.Dataframe([e.row() for e in demo.erasures()], headers=TABLE_HEADERS, interactive=False,
+                table = gr.Dataframe([e.row() for e in found], headers=TABLE_HEADERS, interactive=False,
                                      elem_id="erasure-table")
                 with gr.Row():
                     folder = gr.Textbox(label="Or type an erasure folder (inside the erasures folder)", elem_id="folder")
@@ -123,7 +135,7 @@ def build_app(model: str = "minisd", erasures_dir: str | Path = "erasures", limi
                 manifest_view = gr.JSON(label="Manifest")
 
         job_id = gr.State(None)
-        listing = gr.State(tuple(e.row()[0] + e.row()[4] + e.row()[6] for e in demo.erasures()))
+        listing = gr.State(tuple(e.row()[0] + e.row()[4] + e.row()[6] for e in found))
         timer = gr.Timer(1.0)
 
         def run_compare(p, name, s, st, g, n):
@@ -135,7 +147,18 @@ def build_app(model: str = "minisd", erasures_dir: str | Path = "erasures", limi
               [base_gallery, base_verdict, erased_gallery, erased_verdict, status], api_name="generate",
               concurrency_limit=lim.concurrent_generations)
         examples.click(lambda row: row[0], examples, prompt)
-        chosen.change(lambda name: gr.Dataset(samples=demo.examples(name)), chosen, examples)
+
+        def choose(name):
+            """Its examples, and at once, not at Generate, why an unusable erasure cannot be used."""
+            try:
+                if name:
+                    demo.lookup(name)
+                notice = ""
+            except UserError as e:
+                notice = error_line(e)
+            return gr.Dataset(samples=demo.examples(name)), notice
+
+        chosen.change(_safe(choose, 2), chosen, [examples, status])
         method.change(_safe(lambda m: (demo.describe_method(m), ""), 2), method, [method_info, erase_status])
 
         def start(c, m, a, st, name):
@@ -157,7 +180,7 @@ def build_app(model: str = "minisd", erasures_dir: str | Path = "erasures", limi
             key = tuple(e.row()[0] + e.row()[4] + e.row()[6] for e in found)
             if key == seen and not force:
                 return gr.skip(), gr.skip(), seen
-            return [e.row() for e in found], gr.Dropdown(choices=[e.name for e in found if e.manifest]), key
+            return [e.row() for e in found], gr.Dropdown(choices=[(e.label, e.name) for e in found]), key
 
         def tick(jid, seen):
             return demo.queue.status(jid), *rows_and_choices(seen)

@@ -3,8 +3,12 @@
 A method subclasses `Trainer`, owns its loss (`compute_loss`) and, if it needs them, a few hooks
 (`setup`, `before_optimizer_step`, `extra_state`). Everything else is here, once: loading the
 base model, freezing all but the preset's weights, the optimizer, bf16 autocast on CUDA,
-gradient accumulation, a progress bar with the loss, a NaN/inf guard, checkpoints every N steps
-with exact resume (weights, optimizer, every RNG, method state), and saving the erasure files.
+gradient accumulation, a progress bar with the loss, a NaN/inf guard (loss, gradients and the
+weights themselves), checkpoints every N steps with exact resume (weights, optimizer, every RNG,
+method state), Ctrl-C stopping at a step boundary with a checkpoint, and saving the erasure files.
+
+A checkpoint is committed as one unit (a complete folder renamed into place, its tensors' sha256
+recorded), so that a run killed at any moment resumes from a checkpoint it can verify.
 """
 from __future__ import annotations
 
@@ -13,9 +17,15 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import random
+import re
 import shutil
-from collections.abc import Callable
+import signal
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -26,8 +36,8 @@ from .. import distributed
 from ..config import EraseConfig
 from ..erasure_files import base_tensors, hash_tensors, save_erasure, stored_dtypes
 from ..errors import UserError
-from ..files import (cache_home, human_size, load_tensors, optimizer_from_tensors, optimizer_to_tensors, python_rng_state,
-                     save_tensors, set_python_rng_state, write_json)
+from ..files import (cache_home, fsync_path, human_size, load_tensors, optimizer_from_tensors, optimizer_to_tensors,
+                     python_rng_state, save_tensors, set_python_rng_state, sha256_file, write_json)
 from ..memory import (check_optimizer_device, enable_text_encoder_checkpointing, enable_unet_checkpointing, make_adam,
                       memory_plan, unet_params)
 from ..model_ref import default_sampling, resolve_model
@@ -38,6 +48,12 @@ from ..targets import select_parameters
 from ..worlds import World, world_for
 
 CHECKPOINT_DIR = "checkpoint"
+# the checkpoint before the one being committed: it exists only while a new one replaces it (or
+# after a run died in that moment), and --resume falls back on it when `checkpoint` is torn
+PREVIOUS_DIR = "checkpoint.prev"
+# scratch folders of the commit: a checkpoint being written (new) and one being deleted (old);
+# a dead run's are removed by the next commit or finish, and nothing else in the out folder is
+_SCRATCH = re.compile(r"checkpoint\.(new|old)-\d+-[0-9a-f]{8}")
 # settings a resumed run may change: they change no number of the training (gradient
 # checkpointing recomputes the same activations, the saliency ranking is exact on either
 # device, save_dtype acts on the written erasure only)
@@ -45,11 +61,131 @@ RESUME_FREE = ("steps", "device", "checkpoint_every", "gradient_checkpointing", 
 
 
 class TrainingDiverged(UserError):
-    """The loss or a gradient became NaN/inf."""
+    """The loss, a gradient or the trained weights became NaN/inf."""
 
 
 class TrainingCancelled(UserError):
     """The progress callback asked the run to stop; no erasure was written."""
+
+
+class TrainingInterrupted(UserError):
+    """Ctrl-C (SIGINT) stopped the run at a step boundary, after a checkpoint of that step was
+    saved: --resume continues it exactly."""
+    exit_code = 130  # what a shell reports for a program ended by SIGINT (128 + 2); the CLI returns it
+
+
+class _Torn(Exception):
+    """A checkpoint folder that is not a complete checkpoint; the message says what is wrong."""
+
+
+def _scratch_name(kind: str) -> str:
+    """A name no other commit uses: the process id, for a person reading the folder, and a random part."""
+    return f"{CHECKPOINT_DIR}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _discard(folder: Path) -> None:
+    """Delete a checkpoint folder by first renaming it to a scratch name: a death halfway through
+    the deletion then leaves a scratch folder, never a half-deleted folder under a name that
+    --resume reads."""
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    trash = folder.with_name(_scratch_name("old"))
+    try:
+        os.rename(folder, trash)
+    except OSError:
+        trash = folder
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _clean_scratch(out: Path) -> None:
+    """Remove the scratch folders a dead run left (only folders with our scratch names)."""
+    for entry in out.iterdir() if out.is_dir() else ():
+        if _SCRATCH.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _read_state(folder: Path) -> dict:
+    """state.json of a checkpoint folder, if it parses and has its entries (raises _Torn)."""
+    if not folder.is_dir():
+        raise _Torn("missing")
+    try:
+        meta = json.loads((folder / "state.json").read_text())
+    except FileNotFoundError:
+        raise _Torn("no state.json") from None
+    except (ValueError, OSError):
+        raise _Torn("state.json does not parse") from None
+    if not isinstance(meta, dict) or not {"step", "config", "optimizer", "python_rng"} <= meta.keys():
+        raise _Torn("state.json lacks entries")
+    return meta
+
+
+def _check_tensors_file(folder: Path, meta: dict) -> None:
+    """Raise _Torn unless state.safetensors has the size and sha256 state.json records. A
+    checkpoint made before they were recorded passes unverified: reading its tensors is its test."""
+    weights = folder / "state.safetensors"
+    if not weights.is_file():
+        raise _Torn("no state.safetensors")
+    recorded = meta.get("safetensors")
+    if recorded:
+        size = weights.stat().st_size
+        if size != recorded.get("bytes"):
+            raise _Torn(f"state.safetensors is {size} bytes, state.json records {recorded.get('bytes')}")
+        if sha256_file(weights) != recorded.get("sha256"):
+            raise _Torn("state.safetensors does not match the sha256 in state.json")
+
+
+def checkpoint_in(out_dir: str | Path) -> Path | None:
+    """The checkpoint folder --resume would try first in `out_dir` (`checkpoint`, else the previous
+    one), judged by its state.json alone (cheap: nothing is hashed); None if neither has one."""
+    out = Path(out_dir)
+    for folder in (out / CHECKPOINT_DIR, out / PREVIOUS_DIR):
+        if (folder / "state.json").is_file():
+            return folder
+    return None
+
+
+def _all_finite(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether every value of every tensor is finite, in one fused pass and one device sync: the
+    max-abs norm of a tensor is NaN/inf exactly when one of its values is (and, unlike the
+    2-norm, never overflows on large finite values)."""
+    if not tensors:
+        return True
+    norms = torch._foreach_norm(list(tensors), float("inf"))
+    dev = norms[0].device
+    return bool(torch.isfinite(torch.stack([n.float().to(dev) for n in norms])).all())
+
+
+@contextlib.contextmanager
+def _sigint_flag() -> Iterator[Callable[[], bool]]:
+    """While the block runs, a first Ctrl-C (SIGINT) only raises a flag, which the loop reads at
+    its next step boundary: it then stops with a checkpoint of a consistent state (a
+    KeyboardInterrupt mid-step would leave weights and optimizer half-updated, and no checkpoint).
+    A second Ctrl-C is the ordinary KeyboardInterrupt, at once. Yields the flag's reader.
+
+    Only in the main thread (signal handlers can only be set there; the demo trains in a worker
+    thread) and only where SIGINT is Python's usual KeyboardInterrupt: a program that ignores it or
+    handles it itself keeps its handling. The previous handler is back when the block ends."""
+    hit = threading.Event()
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    if previous is not signal.default_int_handler:
+        yield lambda: False
+        return
+
+    def on_sigint(signum, frame) -> None:
+        hit.set()
+        signal.signal(signal.SIGINT, previous)  # a second Ctrl-C: KeyboardInterrupt at once
+        # os.write, not print: the handler may run inside a write to stderr (the progress bar's),
+        # which a buffered write would re-enter
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.write(sys.stderr.fileno(), b"\nerasure: Ctrl-C: stopping after this step with a checkpoint "
+                                          b"(Ctrl-C again stops at once, without one)\n")
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield hit.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # callback(step, total_steps, logs) after every optimizer step; logs holds "loss" and the method's
@@ -337,13 +473,23 @@ class Trainer:
 
     def save_checkpoint(self, out_dir: Path) -> None:
         """Every process holds the same weights, optimizer and generators: the main one writes them
-        (a sharded optimizer's states are first gathered to it, which every process takes part in)."""
+        (a sharded optimizer's states are first gathered to it, which every process takes part in).
+
+        A checkpoint is committed as one unit, so that a run killed at any moment leaves a
+        checkpoint --resume can trust: both files go into a new scratch folder, state.json
+        recording the size and sha256 of state.safetensors, flushed to disk; then the old
+        `checkpoint` becomes `checkpoint.prev`, the new folder becomes `checkpoint` (each an
+        atomic rename) and the previous one is deleted. NaN/inf weights are refused before
+        anything is written: they must never replace a good checkpoint."""
+        self.check_weights(out_dir, "before a checkpoint")
         for optimizer in self.optimizers():
             if hasattr(optimizer, "consolidate_state_dict"):  # --optimizer adam-sharded under a launcher
                 optimizer.consolidate_state_dict(to=0)
         if self.rank != 0:
             return
-        ckpt = out_dir / CHECKPOINT_DIR
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        new = out_dir / _scratch_name("new")
         tensors = {f"param.{k}": v for k, v in self.trainable.items()}
         opt_tensors, opt_meta = optimizer_to_tensors(self.optimizer)
         tensors |= opt_tensors
@@ -352,18 +498,46 @@ class Trainer:
             tensors |= {f"ema.{k}": v for k, v in self.ema_weights.items()}
         tensors["rng.generator"] = self.generator.get_state()
         tensors["rng.torch"] = torch.get_rng_state()
-        save_tensors(ckpt / "state.safetensors", tensors)
-        write_json(ckpt / "state.json", {"step": self.step, "config": self.config.to_dict(), "optimizer": opt_meta,
-                                         "python_rng": python_rng_state(self.rng), "processes": self.processes})
+        weights = new / "state.safetensors"
+        save_tensors(weights, tensors)
+        fsync_path(weights)
+        # the sha256 of the file as read back from the disk: what --resume will compare
+        record = {"bytes": weights.stat().st_size, "sha256": sha256_file(weights)}
+        write_json(new / "state.json", {"step": self.step, "config": self.config.to_dict(), "optimizer": opt_meta,
+                                        "python_rng": python_rng_state(self.rng), "processes": self.processes,
+                                        "safetensors": record})
+        fsync_path(new / "state.json")
+        fsync_path(new)
+        ckpt = self.commit_checkpoint(out_dir, new)
         # its size on the console: a full-size one (SD 1.x UNet trained, with its optimizer) is ~14 GB
-        tqdm.write(f"checkpoint: {human_size((ckpt / 'state.safetensors').stat().st_size)} at step {self.step} "
-                   f"({ckpt / 'state.safetensors'})")
+        tqdm.write(f"checkpoint: {human_size(record['bytes'])} at step {self.step} ({ckpt / 'state.safetensors'})")
 
-    def load_checkpoint(self, out_dir: Path) -> None:
-        ckpt = out_dir / CHECKPOINT_DIR
-        if not (ckpt / "state.json").exists():
-            raise UserError(f"--resume: no checkpoint in {ckpt}; run without --resume to start fresh")
-        meta = json.loads((ckpt / "state.json").read_text())
+    @staticmethod
+    def commit_checkpoint(out_dir: Path, new: Path) -> Path:
+        """Make the complete checkpoint folder `new` the out folder's `checkpoint`. At every moment
+        `checkpoint` or `checkpoint.prev` holds a complete checkpoint: a `checkpoint.prev` already
+        there (a dead run's, or the one a torn `checkpoint` fell back on) is the one kept while
+        `checkpoint` is replaced; otherwise the current `checkpoint` becomes it."""
+        ckpt, prev = out_dir / CHECKPOINT_DIR, out_dir / PREVIOUS_DIR
+        if prev.is_dir():
+            _discard(ckpt)
+        elif ckpt.is_dir():
+            os.rename(ckpt, prev)
+        os.rename(new, ckpt)
+        fsync_path(out_dir)
+        _discard(prev)
+        _clean_scratch(out_dir)
+        return ckpt
+
+    @staticmethod
+    def remove_checkpoints(out_dir: Path) -> None:
+        """After the erasure is written: the checkpoint, its previous one and any scratch folders go."""
+        _discard(out_dir / CHECKPOINT_DIR)
+        _discard(out_dir / PREVIOUS_DIR)
+        _clean_scratch(out_dir)
+
+    def check_settings(self, meta: dict, folder: Path) -> None:
+        """Refuse a checkpoint made with settings that change the training's numbers."""
         # a setting added since the checkpoint was made counts as its default
         defaults = {f.name: f.default for f in dataclasses.fields(self.config) if f.default is not dataclasses.MISSING}
         saved = {**{k: v for k, v in defaults.items() if k not in meta["config"]}, **meta["config"]}
@@ -371,12 +545,43 @@ class Trainer:
         theirs = {k: v for k, v in saved.items() if k not in RESUME_FREE}
         if mine != theirs:
             diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-            raise UserError(f"--resume: the checkpoint in {ckpt} was made with different settings ({', '.join(diff)}); "
+            raise UserError(f"--resume: the checkpoint in {folder} was made with different settings ({', '.join(diff)}); "
                             "use the same settings or a new --out")
         if meta.get("processes", 1) != self.processes:  # the global batch would change
-            raise UserError(f"--resume: the checkpoint in {ckpt} was made by {meta.get('processes', 1)} process(es), "
+            raise UserError(f"--resume: the checkpoint in {folder} was made by {meta.get('processes', 1)} process(es), "
                             f"this run has {self.processes}; resume with --num_processes {meta.get('processes', 1)}")
-        tensors = load_tensors(ckpt / "state.safetensors", self.device)
+
+    def load_checkpoint(self, out_dir: Path) -> None:
+        """Resume from `checkpoint`, verified (its state.json parses, state.safetensors has the
+        recorded size and sha256); if it is missing or torn (a run died while committing one, or
+        the disk lost it), from `checkpoint.prev`, with a warning naming its step."""
+        out_dir = Path(out_dir)
+        ckpt, prev = out_dir / CHECKPOINT_DIR, out_dir / PREVIOUS_DIR
+        if not ckpt.exists() and not prev.exists():
+            raise UserError(f"--resume: no checkpoint in {ckpt}; run without --resume to start fresh")
+        problems = []
+        for folder in (ckpt, prev):
+            if folder is prev and not prev.exists():
+                continue
+            try:
+                meta = _read_state(folder)
+                self.check_settings(meta, folder)
+                _check_tensors_file(folder, meta)
+                try:
+                    tensors = load_tensors(folder / "state.safetensors", self.device)
+                except Exception as e:  # an unverified (older) checkpoint's torn file fails here
+                    if meta.get("safetensors"):
+                        raise
+                    raise _Torn(f"state.safetensors does not read ({str(e).splitlines()[0] if str(e) else e!r})")
+                break
+            except _Torn as e:
+                problems.append(f"{folder}: {e}")
+        else:
+            raise UserError(f"--resume: no usable checkpoint in {out_dir}: {'; '.join(problems)}; "
+                            "run without --resume to start again (or use a new --out)")
+        if problems and self.rank == 0:
+            tqdm.write(f"erasure: warning: {problems[0]}; resuming from the previous checkpoint, {folder}, "
+                       f"at step {meta['step']}", file=sys.stderr)
         with torch.no_grad():
             for k, p in self.trainable.items():
                 p.copy_(tensors[f"param.{k}"])
@@ -419,56 +624,100 @@ class Trainer:
         self.micro_step = 0
         return total, logs
 
+    def weights_finite(self) -> bool:
+        """Whether every trained weight (and its moving average) is finite: one fused pass."""
+        tensors = [p.detach() for p in self.trainable.values()]
+        if self.ema_weights is not None:
+            tensors += list(self.ema_weights.values())
+        return _all_finite(tensors)
+
+    def check_weights(self, out: Path, when: str) -> None:
+        """Stop with TrainingDiverged if a weight became NaN/inf. The loss and gradient guards do
+        not see it: one step with a finite gradient and a too-large --lr (inf, say) overflows the
+        weights, and the last step's overflow would otherwise be saved as the erasure."""
+        if self.weights_finite():
+            return
+        last = checkpoint_in(out) if out is not None else None
+        if last is None:
+            where, fix = "none was made", "lower --lr and run again"
+        else:
+            try:
+                step = f" (step {json.loads((last / 'state.json').read_text())['step']})"
+            except (OSError, ValueError, KeyError, TypeError):
+                step = ""
+            where, fix = f"it is {last}{step}", "lower --lr, then --resume"
+        raise TrainingDiverged(f"the trained weights became NaN/inf at step {self.step} of {self.config.steps} "
+                               f"({when}); stopped, and nothing was saved over the last good checkpoint: {where}; "
+                               f"{fix}")
+
     def train(self, out_dir: str | Path, resume: bool = False, stop_after: int | None = None,
               callback: ProgressCallback | None = None) -> Path:
         """Train `config.steps` optimizer steps and write the erasure into `out_dir`.
         `stop_after` ends the run early after that many steps (checkpointing first), which is
         how tests simulate an interrupted run. `callback(step, total, logs)` is called after every
         step (a UI's progress bar); when it returns False the run stops at once with
-        TrainingCancelled and writes nothing more (checkpoints already saved stay)."""
+        TrainingCancelled and writes nothing more (checkpoints already saved stay).
+
+        Ctrl-C (SIGINT), when this runs in the main thread, stops the run at the next step
+        boundary: a checkpoint of that step is saved and TrainingInterrupted raised (the CLI: one
+        line, exit code 130); a second Ctrl-C stops at once. Under a launcher every process reads
+        its own Ctrl-C and they agree at each step (one tiny all-reduce), so all stop at the same
+        step; a launcher that kills its processes on Ctrl-C before they reach it leaves the last
+        periodic checkpoint instead."""
         out = Path(out_dir)
         cfg = self.config
-        if resume:
-            self.load_checkpoint(out)
-        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"{cfg.method} '{cfg.concept}'", dynamic_ncols=True)
-        while self.step < cfg.steps:
-            self.optimizer.zero_grad(set_to_none=True)
-            total, logs = self.accumulate_gradients(out)
-            if self.processes > 1:
-                self.average_gradients()
-                total = distributed.mean_value(total)
-            self.before_optimizer_step()
-            grads = [p.grad for p in self.trainable.values() if p.grad is not None]
-            if grads and not all(torch.isfinite(g).all() for g in grads):
-                raise TrainingDiverged(f"a gradient became NaN/inf at step {self.step}; stopped. Lower --lr, then --resume "
-                                       f"from {out / CHECKPOINT_DIR}")
-            if cfg.lr_schedule == "cosine":  # a function of the step, so resume needs no scheduler state
-                for group in self.optimizer.param_groups:
-                    group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * self.step / cfg.steps))
-            self.optimizer.step()
-            if self.ema_weights is not None:
-                with torch.no_grad():
-                    for k, p in self.trainable.items():
-                        self.ema_weights[k].lerp_(p.detach(), 1 - cfg.ema)
-            self.step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{total:.4g}", **{k: f"{v:.3g}" for k, v in logs.items()})
-            if callback is not None and callback(self.step, cfg.steps, {"loss": total, **logs}) is False:
-                bar.close()
-                raise TrainingCancelled(f"training cancelled at step {self.step} of {cfg.steps}")
-            interrupted = stop_after is not None and self.step >= stop_after
-            if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps) or interrupted:
-                self.save_checkpoint(out)
-                distributed.wait() if self.processes > 1 else None
-            if interrupted:
-                bar.close()
-                return out
-        bar.close()
-        if self.rank == 0:
-            self.save(out)
-            shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
-        distributed.wait() if self.processes > 1 else None  # the erasure is complete when any process returns
+        with _sigint_flag() as sigint:
+            if resume:
+                self.load_checkpoint(out)
+            with tqdm(total=cfg.steps, initial=self.step, desc=f"{cfg.method} '{cfg.concept}'",
+                      dynamic_ncols=True) as bar:  # closed before an error's message is printed
+                while self.step < cfg.steps:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    total, logs = self.accumulate_gradients(out)
+                    if self.processes > 1:
+                        self.average_gradients()
+                        total = distributed.mean_value(total)
+                    self.before_optimizer_step()
+                    if not _all_finite([p.grad for p in self.trainable.values() if p.grad is not None]):
+                        raise TrainingDiverged(f"a gradient became NaN/inf at step {self.step}; stopped. Lower --lr, "
+                                               f"then --resume from {out / CHECKPOINT_DIR}")
+                    if cfg.lr_schedule == "cosine":  # a function of the step, so resume needs no scheduler state
+                        for group in self.optimizer.param_groups:
+                            group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * self.step / cfg.steps))
+                    self.optimizer.step()
+                    if self.ema_weights is not None:
+                        with torch.no_grad():
+                            for k, p in self.trainable.items():
+                                self.ema_weights[k].lerp_(p.detach(), 1 - cfg.ema)
+                    self.check_weights(out, "after its optimizer step")
+                    self.step += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{total:.4g}", **{k: f"{v:.3g}" for k, v in logs.items()})
+                    if callback is not None and callback(self.step, cfg.steps, {"loss": total, **logs}) is False:
+                        raise TrainingCancelled(f"training cancelled at step {self.step} of {cfg.steps}")
+                    stop = stop_after is not None and self.step >= stop_after
+                    # at the last step a Ctrl-C is moot: writing the erasure is as quick as a checkpoint
+                    halt = self.step < cfg.steps and self.anyone(sigint())
+                    if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps) \
+                            or stop or halt:
+                        self.save_checkpoint(out)
+                        distributed.wait() if self.processes > 1 else None
+                    if stop:
+                        return out
+                    if halt:
+                        raise TrainingInterrupted(f"interrupted at step {self.step} of {cfg.steps}; checkpoint saved "
+                                                  f"in {out / CHECKPOINT_DIR}: resume with --resume")
+            if self.rank == 0:
+                self.save(out)
+                self.remove_checkpoints(out)
+            distributed.wait() if self.processes > 1 else None  # the erasure is complete when any process returns
         return out
+
+    def anyone(self, flag: bool) -> bool:
+        """Whether `flag` is set in any process (every process then takes the same branch)."""
+        if self.processes == 1:
+            return flag
+        return distributed.mean_value(1.0 if flag else 0.0) > 0
 
     def average_gradients(self) -> None:
         """The global batch's gradient: each trained tensor's .grad averaged across processes.
@@ -481,6 +730,7 @@ class Trainer:
             with torch.no_grad():
                 for k, p in self.trainable.items():
                     p.copy_(self.ema_weights[k])
+        self.check_weights(Path(out_dir), "before writing the erasure")  # a NaN erasure is never written
         tensors = {k: v.detach() for k, v in self.trainable.items()}
         extra = self.manifest_extra()
         if self.processes > 1:

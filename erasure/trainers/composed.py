@@ -121,6 +121,7 @@ class ComposedTrainer:
         from ..files import load_tensors
         from ..model_ref import resolve_model
         from ..pipelines import load_pipeline
+        from .base import checkpoint_in
 
         out = Path(out_dir)
         tensors, manifests = {}, {}
@@ -131,7 +132,7 @@ class ComposedTrainer:
                                                          data_parallel=self.data_parallel_run)
                 if role == "text_encoder" and self.config.joint:
                     self.put_unet_part(trainer, tensors)
-                trainer.train(part, resume=resume and (part / "checkpoint").exists(), stop_after=stop_after,
+                trainer.train(part, resume=resume and checkpoint_in(part) is not None, stop_after=stop_after,
                               callback=callback)
                 if not (part / CONFIG_NAME).exists():  # stopped early (stop_after): checkpointed, resumable
                     return out
