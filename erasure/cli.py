@@ -642,6 +642,10 @@ def cmd_ls(args) -> int:
 
 
 def run(argv: list[str] | None = None) -> int:
+    import logging
+    # bitsandbytes (imported by diffusers when installed) warns at import about a 4-bit CPU
+    # kernel erasure never uses; a one-line error stays one line
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     args = build_parser(argv).parse_args(argv)
     if args.command == "bench":  # the report shows the command that made it
         args.argv = list(sys.argv[1:] if argv is None else argv)

@@ -45,6 +45,15 @@ def check_out(out: str | Path, what: str = "--out") -> Path:
         committing = any(e.name == "checkpoint.prev" or e.name.startswith("checkpoint.new-") for e in out.iterdir())
         if (ckpt.is_dir() and not (ckpt / "state.json").exists() and any(ckpt.iterdir()) and not committing):
             raise UserError(f"{what} {out} holds a checkpoint/ folder that is not a training checkpoint; choose another folder")
+    return check_writable(out, what)
+
+
+def check_writable(out: str | Path, what: str = "--out") -> Path:
+    """`out` as a folder that can be written (not created here): an error if it is a file, or if
+    it (or, when it does not exist yet, the nearest folder above it) takes no 4 kB file."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{what} {out} is a file; choose a folder")
     # probe the folder, or the nearest one above it that exists (nothing is created for a run that
     # may still fail on its inputs)
     probe_dir = out

@@ -161,3 +161,18 @@ def test_a_truncated_erasure_is_a_one_line_error(tiny_sd_dir, tmp_path, capsys):
         err = capsys.readouterr().err
         errors = [line for line in err.splitlines() if line.startswith("erasure")]
         assert len(errors) == 1 and "not a readable safetensors file" in errors[0] and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda out: out.write_text("x"), "is a file; choose a folder"),
+    (lambda out: (out.mkdir(), (out / "bench.json").write_text("[1]")), "bench.json is corrupt"),
+    (lambda out: (out.mkdir(), (out / "notes.txt").write_text("mine")), "holds no bench.json"),
+])
+def test_bench_checks_out_before_any_work(make, message, tmp_path, capsys):
+    out = tmp_path / "bench"
+    make(out)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    assert run(["bench", "--quick", "--methods", "esd-x", "--concepts", "circle", "--out", str(out)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(errors) == 1 and message in errors[0], errors
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written, nothing removed

@@ -77,14 +77,17 @@ def check_settings(settings: BenchSettings) -> tuple[ModelRef, list]:
 
 
 def _check_folder(settings: BenchSettings, model: ModelRef) -> None:
-    out = Path(settings.out)
+    from ..outdir import check_writable
+    out = check_writable(settings.out)
     marker = out / "bench.json"
     identity = settings.identity(model)
     if marker.exists():
         try:
             old = json.loads(marker.read_text())
-        except json.JSONDecodeError:
-            raise UserError(f"{marker} is corrupt; delete it (and the folder's cache) or choose a new --out") from None
+        except (ValueError, OSError):  # not JSON, not text, not a file
+            old = None
+        if not isinstance(old, dict):
+            raise UserError(f"{marker} is corrupt; delete it (and the folder's cache) or choose a new --out")
         if old.get("format") != FORMAT:
             raise UserError(f"{out} holds a cache of another benchmark format ({old.get('format')}); "
                             "choose a new --out")
