@@ -52,6 +52,7 @@ def cmd_generate(args) -> int:
     from .images import grid, save_png
     from .model_ref import resolve
     from .pipelines import load_pipeline
+    from .outdir import check_writable
     from .prompt_files import check_prompt_text
 
     _positive("num-images", args.num_images)
@@ -59,6 +60,7 @@ def cmd_generate(args) -> int:
         raise UserError(f"--num-images is at most {MAX_IMAGES_PER_CALL} per call (got {args.num_images}); run several "
                         "calls with different --seed, or erasure eval for many images")
     check_prompt_text(args.prompt, "--prompt")
+    check_writable(args.out)
     model = resolve(args.model)
     pipe = load_pipeline(model, device=args.device)
     images = generate(pipe, [args.prompt], args.num_images, args.seed, _sampling(args, model), desc="generate")

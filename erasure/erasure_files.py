@@ -31,9 +31,9 @@ from pathlib import Path
 
 import torch
 
-from .version import __version__
 from .errors import UserError
 from .files import load_tensors, save_tensors, write_json
+from .version import __version__
 
 CONFIG_NAME = "erasure_config.json"
 WEIGHTS_NAME = "erasure_model.safetensors"
@@ -170,6 +170,10 @@ def save_erasure(out_dir: str | Path, config, tensors: dict[str, torch.Tensor], 
                  base_dtypes: dict[str, torch.dtype] | None = None) -> Path:
     """Write the erasure folder: the changed `tensors` (stored as `storage_dtypes` says: `dtype`,
     else the config's `save_dtype`, else the base's dtype of each weight) and the manifest."""
+    bad = not_finite(tensors)
+    if bad:
+        raise UserError(f"refusing to write an erasure whose tensors hold NaN/inf values ({len(bad)} tensor(s), e.g. "
+                        f"{bad[0]}); the training diverged: lower --lr or use --dtype float32")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dtypes = storage_dtypes(tensors, config, dtype, base_dtypes)
@@ -232,6 +236,22 @@ def read_manifest(path: str | Path) -> dict:
     return manifest
 
 
+def not_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the tensors that hold a NaN or an infinity, sorted."""
+    return sorted(k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+
+
+def erasure_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The changed tensors of the erasure folder `path`, as stored; a UserError if the file is
+    damaged or a tensor holds NaN/inf (it would draw black or noise images, judged as an erasure's)."""
+    tensors = load_tensors(Path(path) / WEIGHTS_NAME)
+    bad = not_finite(tensors)
+    if bad:
+        raise UserError(f"{path}: {len(bad)} of the erasure's tensors hold NaN/inf values (e.g. {bad[0]}); it is "
+                        "damaged or from a diverged run: re-run erasure train")
+    return tensors
+
+
 def apply_erasure(pipe, path: str | Path, manifest: dict | None = None) -> dict:
     """Load an erasure's tensors into `pipe` in place, each cast to the pipeline's dtype. Every key
     must exist in the base with the same shape, else a UserError lists the mismatches; every
@@ -241,7 +261,7 @@ def apply_erasure(pipe, path: str | Path, manifest: dict | None = None) -> dict:
     import warnings
 
     manifest = manifest or read_manifest(path)
-    tensors = load_tensors(Path(path) / WEIGHTS_NAME)
+    tensors = erasure_tensors(path)
     if sorted(tensors) != sorted(manifest["changed_tensors"]):
         raise UserError(f"{path}: the weights file and the manifest list different tensors; re-run erasure train")
     recorded = {loaded_key(k): v for k, v in (manifest.get("tensor_dtypes") or {}).items()}

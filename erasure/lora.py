@@ -99,9 +99,9 @@ def export_lora(erasure_dir: str | Path, out_file: str | Path, rank: int, fmt: s
     """Write the erasure at `erasure_dir` as a LoRA file of rank `rank` (per layer, at most its
     full rank) in `fmt` ("diffusers" or "kohya"), stored in `dtype` (float32, float16, bfloat16;
     default: the erasure's own dtype)."""
-    from .erasure_files import (SAVE_DTYPES, WEIGHTS_NAME, canonical_key, hash_tensors, read_base_tensors,
+    from .erasure_files import (SAVE_DTYPES, canonical_key, erasure_tensors, hash_tensors, read_base_tensors,
                                 read_manifest)
-    from .files import load_tensors, save_tensors
+    from .files import save_tensors
     from .model_ref import manifest_base, resolve_model
 
     if fmt not in FORMATS:
@@ -120,7 +120,7 @@ def export_lora(erasure_dir: str | Path, out_file: str | Path, rank: int, fmt: s
     if (manifest.get("sampling") or {}).get("one_step"):
         raise UserError(f"{erasure_dir} is a one-step generator (SFD); a LoRA on its base would not sample it in one "
                         "step: use erasure export for a full folder")
-    erased = load_tensors(erasure_dir / WEIGHTS_NAME)
+    erased = erasure_tensors(erasure_dir)
     base_path = resolve_model(manifest_base(erasure_dir, manifest))
     base = read_base_tensors(base_path, list(erased))
     missing = sorted(set(erased) - set(base))

@@ -131,6 +131,7 @@ def test_a_second_run_into_a_held_out_is_refused(tiny_sd_dir, tmp_path, capsys):
     (lambda d: None, ["attack", "--suite", "mini-objects", "--concept", "circle", "--budget", "2", "--json", "{d}/a.json"],
      "0 < --budget <= 1"),
     (lambda d: None, ["generate", "--prompt", "a circle " * 10000], "above the 2000 a prompt may be"),
+    (lambda d: (d / "out").write_text("x"), ["generate", "--prompt", "a circle"], "is a file; choose a folder"),
     (lambda d: None, ["generate", "--prompt", "a circle", "--steps", "100000"], "--steps is at most 500"),
     (lambda d: None, ["train", "--concept", "circle" * 1000], "above the 2000 a prompt may be"),
     (lambda d: (d / "c.yaml").write_text("method: true\nconcept: circle\n"), ["train", "--config", "{d}/c.yaml"],
@@ -176,3 +177,38 @@ def test_bench_checks_out_before_any_work(make, message, tmp_path, capsys):
     errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(errors) == 1 and message in errors[0], errors
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written, nothing removed
+
+
+def test_an_erasure_with_nan_values_is_refused_on_load_and_never_written(tiny_sd_dir, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    from erasure.config import EraseConfig
+    from erasure.erasure_files import save_erasure
+    erasure = tmp_path / "e"
+    assert run(["train", "--concept", "circle", "--model", str(tiny_sd_dir), "--steps", "1", "--out", str(erasure),
+                "--no-grid"]) == 0
+    weights = erasure / "erasure_model.safetensors"
+    tensors = load_file(weights)
+    first = sorted(tensors)[0]
+    tensors[first] = tensors[first].clone()
+    tensors[first].view(-1)[0] = float("nan")  # one value is enough
+    save_file(tensors, weights, metadata={"format": "erasure/1", "method": "esd-x"})
+    capsys.readouterr()
+    for argv in (["generate", "--model", str(erasure), "--prompt", "a circle", "--steps", "1", "--out", str(tmp_path / "g")],
+                 ["export", str(erasure), "--format", "lora", "--rank", "1", "--out", str(tmp_path / "l.safetensors")]):
+        assert run(argv) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("erasure")]
+        assert len(errors) == 1 and f"hold NaN/inf values (e.g. {first})" in errors[0], errors
+    assert not (tmp_path / "g").exists() and not (tmp_path / "l.safetensors").exists()
+
+    config = EraseConfig.from_dict({"method": "esd-x", "concept": "circle", "base_model": str(tiny_sd_dir)})
+    with pytest.raises(UserError, match="refusing to write an erasure whose tensors hold NaN/inf"):
+        save_erasure(tmp_path / "never", config, tensors, "hash", tiny_sd_dir)
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("port", [0, 70000])
+def test_the_demo_refuses_a_port_out_of_range_before_loading(port):
+    from erasure.demo.app import launch
+    with pytest.raises(UserError, match="--port must be from 1 to 65535"):
+        launch(model="/nonexistent", port=port)  # the model is never looked at

@@ -217,13 +217,19 @@ def launch(model: str = "minisd", erasures_dir: str | Path = "erasures", host: s
            block: bool = True) -> gr.Blocks:
     """Build and serve the demo on host:port (127.0.0.1 unless asked; never a public share link).
     `block=False` returns the running app (tests; `app.close()` stops it)."""
+    if port is not None and not 1 <= port <= 65535:
+        raise UserError(f"--port must be from 1 to 65535 (got {port}); leave it out to take 7860 or the next free one")
     warning = host_warning(host)
     if warning:
         print(f"erasure demo: warning: {warning}", file=sys.stderr)
     limits = limits or Limits()
     app = build_app(model, erasures_dir, limits, device)
     app.queue(max_size=64, default_concurrency_limit=limits.concurrent_generations)
-    app.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=not block, show_error=False,
-               ssr_mode=False, mcp_server=False, enable_monitoring=False, css=CSS, quiet=not block,
-               footer_links=[])
+    try:
+        app.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=not block, show_error=False,
+                   ssr_mode=False, mcp_server=False, enable_monitoring=False, css=CSS, quiet=not block,
+                   footer_links=[])
+    except OSError as e:  # the port is taken, or the host is no interface of this machine
+        raise UserError(f"cannot serve the demo on {host}:{port or 'a free port from 7860'} ({e}); choose another "
+                        "--port or --host") from None
     return app
