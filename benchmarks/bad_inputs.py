@@ -351,7 +351,10 @@ def main() -> None:
     print(summary)
     if args.out:
         from erasure.files import atomic_path
-        table = ["| where | case | ended | first line | |", "|---|---|---|---|---|"]
+        head = [f"# Bad inputs tried ({time.strftime('%Y-%m-%d')})", "",
+                f"`python benchmarks/bad_inputs.py --out {args.out}` (tiny random-weight Stable Diffusion). Paths are "
+                "shortened to `…`; the first line is cut at 170 characters.", ""]
+        table = head + ["| where | case | ended | first line | |", "|---|---|---|---|---|"]
         table += [f"| {w} | {label} | {c} | {line} | {'ok' if o else 'FAIL'} |" for w, label, c, line, o in rows]
         with atomic_path(args.out) as tmp:
             Path(tmp).write_text("\n".join(table + ["", summary, ""]))

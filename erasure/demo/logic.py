@@ -21,7 +21,7 @@ import torch
 from PIL import Image, ImageFilter
 
 from ..config import EraseConfig
-from ..erasure_files import CONFIG_NAME, WEIGHTS_NAME, is_erasure_dir, read_manifest
+from ..erasure_files import CONFIG_NAME, MAX_MANIFEST_BYTES, WEIGHTS_NAME, is_erasure_dir, read_manifest
 from ..errors import UserError
 from ..files import PICKLE_SUFFIXES
 from ..model_ref import NAMED_MODELS, ModelRef, resolve
@@ -41,7 +41,6 @@ MAX_NAME_CHARS = 200            # an erasure's name, a method, a concept (or a c
 MAX_PATH_CHARS = 1000           # an erasure folder typed as a path
 RAW_PROMPT_FACTOR = 10          # a prompt is cut at this many times max_prompt_chars before its spaces are tidied
 MAX_SHOWN_CHARS = 80            # a bad value quoted back in a message is cut here
-MAX_MANIFEST_BYTES = 4_000_000  # a manifest is KBs (a full-UNet erasure's ~200 KB); a bigger file is not read
 PICKLE_WEIGHTS = tuple(f"erasure_model{suffix}" for suffix in PICKLE_SUFFIXES)  # listed, never loaded
 ERASURE_FILES = (CONFIG_NAME, WEIGHTS_NAME, *PICKLE_WEIGHTS)  # a folder holding any of them is listed
 
