@@ -237,6 +237,27 @@ def test_ring_a_bell_finds_tokens_closer_to_its_target(tiny_sd_dir):
                                                                    skip_special_tokens=True).strip()
 
 
+def test_ring_a_bell_searched_in_shares_equals_one_search(tiny_sd_dir, tmp_path):
+    from erasure.attacks.ring_a_bell import RingABellConfig, ring_a_bell
+    from erasure.pipelines import load_pipeline
+
+    pipe = load_pipeline(tiny_sd_dir, device="cpu")
+    tok, te = pipe.tokenizer, pipe.text_encoder
+    pairs = [("a red circle", "a red square")]
+    prompts = ["a blue circle", "a green circle", "a striped circle"]
+    cfg = RingABellConfig(n_tokens=3, population=8, generations=4, seed=0)
+    whole = ring_a_bell(tok, te, prompts, pairs, cfg)
+    parts = tmp_path / "parts"
+    second = ring_a_bell(tok, te, prompts, pairs, cfg, parts=parts, only={1})  # share 1 of 2
+    assert [r["prompt"] for r in second["per_prompt"]] == ["a green circle"]
+    assert sorted(p.name for p in parts.iterdir()) == ["001.json"]
+    first = ring_a_bell(tok, te, prompts, pairs, cfg, parts=parts, only={0, 2})  # share 0 of 2
+    assert first["per_prompt"] == [whole["per_prompt"][0], whole["per_prompt"][2]]
+    # every prompt is in its file now: the full call reads them back (a prompt edited since is searched again)
+    (parts / "002.json").write_text((parts / "002.json").read_text().replace("a striped circle", "edited"))
+    assert ring_a_bell(tok, te, prompts, pairs, cfg, parts=parts) == whole
+
+
 def test_ranking_names_no_single_winner_when_there_is_none():
     from erasure.bench.scoring import rank
 

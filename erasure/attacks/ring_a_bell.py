@@ -50,10 +50,14 @@ Where we differ, deliberately (none changes which individuals the search keeps):
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+
+from ..files import write_json
 
 
 @dataclass
@@ -183,18 +187,32 @@ def genetic_search(tokenizer, text_encoder, target: torch.Tensor, cfg: RingABell
 
 
 def ring_a_bell(tokenizer, text_encoder, seed_prompts: list[str], pairs: list[tuple[str, str]],
-                cfg: RingABellConfig) -> dict:
+                cfg: RingABellConfig, parts: Path | None = None, only: set[int] | None = None) -> dict:
     """Attack every seed prompt. Returns {"config", "concept_vector_norm", "n_pairs", "per_prompt":
     [{"prompt", "adversarial_prompt", "token_ids", "fitness", "text_fitness", "seed_fitness",
     "first_generation_fitness"}]}.
 
     `seed_fitness` is the distance of the seed prompt itself to its target (what the search
-    starts to beat); `text_fitness` that of the decoded adversarial text."""
+    starts to beat); `text_fitness` that of the decoded adversarial text.
+
+    Prompt i's search depends on nothing but its seed prompt, the pairs, `cfg` and i (its
+    generator is seeded cfg.seed + i), so prompts can be searched apart: with `parts`, a folder,
+    each prompt's result is kept in `parts/NNN.json` as soon as it is found and read back on the
+    next call (a killed search resumes at its prompt), and `only` limits the call to those prompt
+    indices (a share of the search for one of several processes; `per_prompt` then holds those)."""
     c = concept_vector(tokenizer, text_encoder, pairs)
     seeds = encode_ids(text_encoder, tokenize(tokenizer, seed_prompts))
     results = []
     for i, (prompt, e_seed) in enumerate(tqdm(list(zip(seed_prompts, seeds)), desc="Ring-A-Bell search",
                                               dynamic_ncols=True, disable=len(seed_prompts) < 2)):
+        if only is not None and i not in only:
+            continue
+        part = parts / f"{i:03d}.json" if parts is not None else None
+        if part is not None and part.is_file():
+            kept = json.loads(part.read_text())
+            if kept.get("prompt") == prompt:
+                results.append(kept)
+                continue
         target = e_seed + cfg.eta * c
         generator = torch.Generator().manual_seed(cfg.seed + i)
         found = genetic_search(tokenizer, text_encoder, target, cfg, generator)
@@ -204,4 +222,6 @@ def ring_a_bell(tokenizer, text_encoder, seed_prompts: list[str], pairs: list[tu
                         "fitness": found["fitness"], "text_fitness": float((as_text - target).pow(2).sum()),
                         "seed_fitness": float((e_seed - target).pow(2).sum()),
                         "first_generation_fitness": found["history"][0]})
+        if part is not None:
+            write_json(part, results[-1])
     return {"config": asdict(cfg), "concept_vector_norm": float(c.norm()), "n_pairs": len(pairs), "per_prompt": results}

@@ -196,28 +196,36 @@ def run_relearn(ref: ModelRef, concept: str, targets, json_out, cfg, settings: d
 
 # ---------------------------------------------------------------------------- Ring-A-Bell
 
+def ring_a_bell_search(ref: ModelRef, concept: str, prompts: list[str], cfg, device: str | None = None,
+                       dtype: torch.dtype | None = None, only: set[int] | None = None) -> dict:
+    """Ring-A-Bell's search from each of `prompts` on the base text encoder of `ref`. Its prompts
+    are shared by every erasure of the base, so they are kept in erasure's cache, keyed by
+    everything they depend on: the whole set as one JSON, and each prompt's result as it is found
+    (a killed search resumes at its prompt; `only`: search those prompt indices alone, as one of
+    several processes does in `benchmarks/ring_a_bell_search.py`)."""
+    from ..attacks.ring_a_bell import ring_a_bell
+    from ..pipelines import load_pipeline
+
+    pairs = world_for(ref).concept_pairs(concept, prompts)
+    key = hashlib.sha256(json.dumps([str(Path(ref.base_path).resolve()), prompts, pairs, asdict(cfg)]).encode()).hexdigest()
+    cached = cache_home() / "ring-a-bell" / f"{key[:32]}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    base = load_pipeline(ref.base_path, device=device, dtype=dtype)
+    found = ring_a_bell(base.tokenizer, base.text_encoder, prompts, pairs, cfg, parts=cached.with_suffix(""), only=only)
+    if only is None:
+        write_json(cached, found)
+    return found
+
+
 def run_ring_a_bell(ref: ModelRef, concept: str, targets, json_out, cfg, settings: dict, measure_args: dict,
                     images: str | Path | None = None) -> dict:
     """Ring-A-Bell prompts from each target prompt (the base model's text encoder, the concept's
     pairs), judged on the attacked model."""
-    from ..attacks.ring_a_bell import ring_a_bell
-    from ..pipelines import load_pipeline
-
     m = _Measure(ref, concept, **measure_args)
     prompts, seeds, guidances = map(list, zip(*targets))
     pre = m.shows(prompts, seeds, guidances)
-    pairs = m.world.concept_pairs(concept, prompts)
-    # the search reads the base text encoder only: its prompts are shared by every erasure of the
-    # base, so they are kept in erasure's cache, keyed by everything they depend on
-    key = hashlib.sha256(json.dumps([str(Path(ref.base_path).resolve()), prompts, pairs, asdict(cfg)]).encode()).hexdigest()
-    cached = cache_home() / "ring-a-bell" / f"{key[:32]}.json"
-    if cached.is_file():
-        found = json.loads(cached.read_text())
-    else:
-        base = load_pipeline(ref.base_path, device=measure_args.get("device"), dtype=m.torch_dtype)
-        found = ring_a_bell(base.tokenizer, base.text_encoder, prompts, pairs, cfg)
-        del base
-        write_json(cached, found)
+    found = ring_a_bell_search(ref, concept, prompts, cfg, measure_args.get("device"), m.torch_dtype)
     attacked = [r["adversarial_prompt"] or r["prompt"] for r in found["per_prompt"]]
     post = m.shows(attacked, seeds, guidances)
     per_prompt = [{"prompt": p, "seed": s, "guidance": g, "pre_success": a, "success": a or b,
