@@ -121,7 +121,7 @@ def _read_state(folder: Path) -> dict:
 
 def _check_tensors_file(folder: Path, meta: dict) -> None:
     """Raise _Torn unless state.safetensors has the size and sha256 state.json records. A
-    checkpoint made before they were recorded passes unverified: reading its tensors is its test."""
+    state.json that records neither passes unverified: reading its tensors is its test."""
     weights = folder / "state.safetensors"
     if not weights.is_file():
         raise _Torn("no state.safetensors")
