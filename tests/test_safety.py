@@ -212,3 +212,25 @@ def test_the_demo_refuses_a_port_out_of_range_before_loading(port):
     from erasure.demo.app import launch
     with pytest.raises(UserError, match="--port must be from 1 to 65535"):
         launch(model="/nonexistent", port=port)  # the model is never looked at
+
+
+def test_oversized_manifests_and_prompt_files_are_refused_before_reading(tiny_sd_dir, tmp_path, capsys):
+    # sparse files: the size check comes before any read, so neither is read nor allocated
+    from erasure.erasure_files import MAX_MANIFEST_BYTES
+    from erasure.prompt_files import MAX_PROMPT_FILE_BYTES
+    erasure = tmp_path / "e"
+    erasure.mkdir()
+    with open(erasure / "erasure_config.json", "wb") as f:
+        f.truncate(MAX_MANIFEST_BYTES + 1)
+    (erasure / "erasure_model.safetensors").write_bytes(b"")
+    prompts = tmp_path / "p.csv"
+    with open(prompts, "wb") as f:
+        f.truncate(MAX_PROMPT_FILE_BYTES + 1)
+    for argv, message in (
+            (["generate", "--model", str(erasure), "--prompt", "a circle", "--out", str(tmp_path / "g")], "not a manifest"),
+            (["eval", "--model", str(tiny_sd_dir), "--prompts", str(prompts), "--json", str(tmp_path / "r.json")],
+             "a prompt file may be")):
+        assert run(argv) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("erasure")]
+        assert len(errors) == 1 and message in errors[0], errors
+    assert not (tmp_path / "g").exists() and not (tmp_path / "r.json").exists()
