@@ -190,6 +190,7 @@ def _same_except_timing(a, b, path: str = "") -> list[str]:
     return [] if a == b else [path]
 
 
+@pytest.mark.slow  # 86 s: the two-process attack, eval and training resume tests stay in the default run
 def test_bench_in_two_processes_killed_and_resumed_equals_one(tiny_mini_dir, tmp_path):
     budget = ("train_scale=1,sampling_steps=2,images_per_prompt=1,images_per_other=1,target_prompts=2,"
               "multilingual_prompts=1,related_per_concept=1,ordinary_prompts=3,attack_prompts=1,attack_timesteps=1,"
