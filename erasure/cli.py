@@ -51,8 +51,8 @@ def cmd_generate(args) -> int:
     from .eval.generation import generate
     from .images import grid, save_png
     from .model_ref import resolve
-    from .pipelines import load_pipeline
     from .outdir import check_writable
+    from .pipelines import load_pipeline
     from .prompt_files import check_prompt_text
 
     _positive("num-images", args.num_images)

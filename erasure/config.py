@@ -166,16 +166,14 @@ def _check_types(cls, values: dict[str, Any]) -> None:
         if isinstance(default, bool):  # a CLI word ("true", "off") is read by the setting itself
             ok = isinstance(value, (bool, str))
         elif isinstance(default, (int, float)):
+            number = value
             if isinstance(value, str):  # a number written as text (a flag) is read by the setting itself
                 try:
-                    value = float(value)
+                    number = float(value)
                 except ValueError:
-                    ok = False
-                else:
-                    ok = not isinstance(default, int) or value.is_integer()
-            else:
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-                ok = ok and (isinstance(value, int) or not isinstance(default, int) or float(value).is_integer())
+                    number = None
+            ok = isinstance(number, (int, float)) and not isinstance(number, bool)
+            ok = ok and (isinstance(number, int) or not isinstance(default, int) or float(number).is_integer())
         elif isinstance(default, str):  # a word lever ("auto" | true | false) may also take a YAML boolean
             ok = isinstance(value, str) or (isinstance(value, bool) and f.metadata.get("takes_bool", False))
         else:

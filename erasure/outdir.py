@@ -28,11 +28,10 @@ def _ours(entry: Path) -> bool:
 
 
 def check_out(out: str | Path, what: str = "--out") -> Path:
-    """`out` as a folder a run may write (not created here): an error if it is a file, is not
-    writable, or holds files that are not a run's (a `checkpoint/` that is not ours included)."""
+    """`out` as a folder a run may write (not created here): an error if it holds files that are
+    not a run's (a `checkpoint/` that is not ours included), and check_writable's errors (a file,
+    not writable)."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{what} {out} is a file; choose a folder")
     if out.is_dir():
         others = sorted(e.name for e in out.iterdir() if not _ours(e))
         if others:
@@ -42,8 +41,8 @@ def check_out(out: str | Path, what: str = "--out") -> Path:
         # a checkpoint/ without state.json is ours when a run died while committing a new one:
         # checkpoint.prev (the one before) or a checkpoint.new-* scratch folder sits beside it,
         # and --resume falls back on the previous checkpoint
-        committing = any(e.name == "checkpoint.prev" or e.name.startswith("checkpoint.new-") for e in out.iterdir())
-        if (ckpt.is_dir() and not (ckpt / "state.json").exists() and any(ckpt.iterdir()) and not committing):
+        if (ckpt.is_dir() and not (ckpt / "state.json").exists() and any(ckpt.iterdir())
+                and not any(e.name == "checkpoint.prev" or e.name.startswith("checkpoint.new-") for e in out.iterdir())):
             raise UserError(f"{what} {out} holds a checkpoint/ folder that is not a training checkpoint; choose another folder")
     return check_writable(out, what)
 
