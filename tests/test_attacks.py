@@ -192,6 +192,47 @@ def test_advunlearn_retain_trajectories_are_distinct_prompts_refreshed_on_schedu
     assert not torch.equal(trainer.retain_cache[1], first)  # then drawn afresh
 
 
+def test_vectors_in_the_concepts_place_encode_like_the_concepts_own_words(tiny_pipe):
+    """encode_with_slots with the concept word's own token embedding in its place is the plain
+    prompt's encoding; encode_with_prefix with the first word's is too: the hook moves nothing else."""
+    from erasure.attacks.text import encode_with_prefix, encode_with_slots
+
+    tok, te = tiny_pipe.tokenizer, tiny_pipe.text_encoder
+    table = te.get_input_embeddings().weight.detach()
+    plain = encode_prompts(tok, te, ["a red circle on grey", "a circle"], "cpu")
+    circle = table[tok("circle", add_special_tokens=False).input_ids]
+    slotted = encode_with_slots(tok, te, [("a red ", " on grey"), ("a ", "")], circle)
+    assert torch.allclose(slotted, plain, atol=1e-5)
+    prefixed = encode_with_prefix(tok, te, ["red circle on grey"], table[tok("a", add_special_tokens=False).input_ids])
+    assert torch.allclose(prefixed, plain[:1], atol=1e-5)
+    other = encode_with_slots(tok, te, [("a red ", " on grey")], table[tok("square", add_special_tokens=False).input_ids])
+    assert not torch.allclose(other, plain[:1], atol=1e-3)
+
+
+@pytest.mark.parametrize("place", ["concept", "both"])
+def test_advunlearn_attacks_in_the_concepts_place(place, tiny_sd_dir, tmp_path):
+    """--attack-place concept puts the inner attack's vectors where the forget prompt names the
+    concept (the slot starts after the prompt's words before it); the run trains and resumes."""
+    from erasure.trainers.advunlearn import SLOT_MARK
+    from test_trainers import make_config, trainer_for
+
+    trainer = trainer_for(make_config("advunlearn", tiny_sd_dir, steps=2, attack_warmup=0, attack_steps=2,
+                                      attack_place=place))
+    seen = []
+    original = trainer.adversarial_encoder
+
+    def spy(k, where):
+        seen.append(where)
+        return original(k, where)
+    trainer.adversarial_encoder = spy
+    trainer.train(tmp_path / "erasure")
+    assert (tmp_path / "erasure" / "erasure_config.json").is_file()
+    assert set(seen) <= {"prefix", "concept"} and ("concept" in seen if place == "concept" else seen)
+    assert SLOT_MARK not in " ".join(trainer.forget_prompt_sets[0])
+    with pytest.raises(UserError, match="--attack-place must be prefix, concept or both"):
+        make_config("advunlearn", tiny_sd_dir, attack_place="middle")
+
+
 def test_eval_runs_asr_as_a_metric_beside_the_suite(tmp_path):
     out = tmp_path / "r.json"
     assert run(["eval", "--model", "minisd", "--suite", "mini-objects", "--limit", "2", "--images-per-prompt", "1",

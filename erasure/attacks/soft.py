@@ -27,13 +27,19 @@ from .text import encode_with_prefix
 
 # one attack step's data: (prompts, x_t, t, target eps), the prompts' rows matching x_t's
 AttackDraw = Callable[[], tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor]]
+# (prompts, adversarial vectors (k, D)) -> (B, 77, D) text-encoder states
+Encode = Callable[[list[str], torch.Tensor], torch.Tensor]
 
 
 def soft_prompt_attack_on_draws(unet, tokenizer, text_encoder, draw: AttackDraw, n_tokens: int = 1, steps: int = 30,
-                                lr: float = 1e-3, fast: bool = False, generator: torch.Generator | None = None
-                                ) -> tuple[torch.Tensor, list[float]]:
+                                lr: float = 1e-3, fast: bool = False, generator: torch.Generator | None = None,
+                                encode: Encode | None = None) -> tuple[torch.Tensor, list[float]]:
     """`steps` attack steps, each on what `draw()` returns then. Returns (adversarial embeddings
-    (k, D), detached; the loss before each step)."""
+    (k, D), detached; the loss before each step). `encode(prompts, adv)` places the vectors in
+    the prompts (default: as a prefix, `encode_with_prefix`)."""
+    if encode is None:
+        def encode(prompts, vectors):
+            return encode_with_prefix(tokenizer, text_encoder, prompts, vectors)
     table = text_encoder.get_input_embeddings().weight.detach()
     start = torch.randint(0, table.shape[0], (n_tokens,), generator=generator)
     adv = table[start.to(table.device)].clone().float().requires_grad_(True)
@@ -41,7 +47,7 @@ def soft_prompt_attack_on_draws(unet, tokenizer, text_encoder, draw: AttackDraw,
     losses = []
     for _ in range(steps):
         prompts, x_t, t, target_eps = draw()
-        cond = encode_with_prefix(tokenizer, text_encoder, prompts, adv)
+        cond = encode(prompts, adv)
         loss = F.mse_loss(unet(x_t, t, encoder_hidden_states=cond).sample.float(), target_eps)
         grad, = torch.autograd.grad(loss, [adv])  # adv only: nothing reaches the model's .grad
         losses.append(loss.item())

@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 
 from ..attacks.soft import soft_prompt_attack_on_draws
-from ..attacks.text import encode_with_prefix
+from ..attacks.text import encode_with_prefix, encode_with_slots
 from ..config import doc
 from ..errors import UserError
 from ..prompt_files import SHIPPED_PROMPTS, read_prompts
@@ -70,6 +70,9 @@ from .esd import ESDConfig, ESDTrainer
 # the reference's retain set (its data/prompts/train/coco_object_retain.csv, unchanged): the default on Stable Diffusion
 REFERENCE_RETAIN = SHIPPED_PROMPTS / "advunlearn_retain.csv"
 ATTACK_DRAWS = ("fresh", "outer")
+ATTACK_PLACES = ("prefix", "concept", "both")
+# what marks the concept's place in a forget prompt while it is split around the adversarial slots
+SLOT_MARK = "<adversarial-slot>"
 
 
 def parse_layers(spec: str) -> set[int] | None:
@@ -111,6 +114,9 @@ class AdvUnlearnConfig(ESDConfig):
     attack_lr: float = doc("inner attack step size (paper: 1e-3)", default=1e-3)
     attack_warmup: int = doc("iterations before the inner attack starts (paper: 200)", default=200)
     fast_attack: bool = doc("Fast AT: signed-gradient attack steps", default=False)
+    attack_place: str = doc("where the inner attack's k vectors go: prefix (after the start token; the reference's "
+                            "prefix_k), concept (in place of the concept's words, where concept inversion puts its "
+                            "learned token) or both (one of the two, drawn at each outer step)", default="prefix")
     attack_draw: str = doc("what each inner attack step is taken on: fresh (a new timestep and x_t every step, drawn as "
                            "the outer step draws its own; the reference) or outer (every step on the outer step's x_t "
                            "and t)", default="fresh")
@@ -151,6 +157,8 @@ class AdvUnlearnConfig(ESDConfig):
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
         if self.attack_draw not in ATTACK_DRAWS:
             raise UserError(f"--attack-draw must be fresh or outer (got '{self.attack_draw}')")
+        if self.attack_place not in ATTACK_PLACES:
+            raise UserError(f"--attack-place must be prefix, concept or both (got '{self.attack_place}')")
         if self.attack_warmup < 0 or self.retain_weight < 0:
             raise UserError("--attack-warmup and --retain-weight must be >= 0")
         if self.erase_from:
@@ -194,12 +202,29 @@ class AdvUnlearnTrainer(ESDTrainer):
         self.retain_cache: tuple[torch.Tensor, torch.Tensor] | None = None
         self.retain_born = -1
 
-    def encode_trained(self, prompt_ids: torch.Tensor, k: int, prefix: torch.Tensor | None) -> torch.Tensor:
-        """The trained text encoder's embedding of forget prompts (with the adversarial prefix)."""
+    def encode_trained(self, prompt_ids: torch.Tensor, k: int, prefix: torch.Tensor | None,
+                       place: str = "prefix") -> torch.Tensor:
+        """The trained text encoder's embedding of forget prompts (with the adversarial vectors)."""
         prompts = [self.forget_prompt_sets[k][i] for i in prompt_ids.tolist()]
         if prefix is None:
             return self.embed(prompts, grad=True)
-        return encode_with_prefix(self.tokenizer, self.text_encoder, prompts, prefix)
+        return self.adversarial_encoder(k, place)(prompts, prefix)
+
+    def adversarial_encoder(self, k: int, place: str):
+        """(prompts, vectors) -> text-encoder states with the vectors in front (`prefix`) or in
+        place of concept k's words (`concept`; a prompt that names it twice keeps the first place
+        and loses the second, a prompt that names it not has the vectors in front)."""
+        if place == "prefix":
+            return lambda prompts, vectors: encode_with_prefix(self.tokenizer, self.text_encoder, prompts, vectors)
+        concept = self.config.concepts[k]
+
+        def around_concept(prompts: list[str], vectors: torch.Tensor) -> torch.Tensor:
+            parts = []
+            for prompt in prompts:
+                before, after = self.world.with_token(prompt, concept, SLOT_MARK).split(SLOT_MARK, 1)
+                parts.append((before, after.replace(SLOT_MARK, "")))
+            return encode_with_slots(self.tokenizer, self.text_encoder, parts, vectors)
+        return around_concept
 
     def retain_latents(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(z_r, t, retain prompt ids): ESD-style partial DDIM latents under retain prompts."""
@@ -218,10 +243,11 @@ class AdvUnlearnTrainer(ESDTrainer):
         """eps*(x_t, t, c_f): what the original model predicts for the plain forget prompts (the attack's target)."""
         return self.frozen_unet(x_t, t, encoder_hidden_states=self.c_forget[k][prompt_ids]).sample.float()
 
-    def adversarial_prefix(self, k: int, outer: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
-                           ) -> tuple[torch.Tensor, list[float]]:
+    def adversarial_prefix(self, k: int, outer: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+                           place: str = "prefix") -> tuple[torch.Tensor, list[float]]:
         """The inner attack against the current text encoder: (k adversarial embeddings, its losses).
-        `outer` = the outer step's (x_t, t, prompt ids, eps*(c_f)), which `--attack-draw outer` attacks."""
+        `outer` = the outer step's (x_t, t, prompt ids, eps*(c_f)), which `--attack-draw outer` attacks;
+        `place`: where the vectors go (prefix or concept)."""
         cfg: AdvUnlearnConfig = self.config
 
         def draw():
@@ -235,7 +261,7 @@ class AdvUnlearnTrainer(ESDTrainer):
         with weights_frozen(self.trainable.values()):
             return soft_prompt_attack_on_draws(self.unet, self.tokenizer, self.text_encoder, draw, n_tokens=cfg.adv_tokens,
                                                steps=cfg.attack_steps, lr=cfg.attack_lr, fast=cfg.fast_attack,
-                                               generator=self.generator)
+                                               generator=self.generator, encode=self.adversarial_encoder(k, place))
 
     def compute_loss(self):
         cfg: AdvUnlearnConfig = self.config
@@ -245,11 +271,14 @@ class AdvUnlearnTrainer(ESDTrainer):
 
         prefix = None
         logs = {}
+        place = cfg.attack_place
+        if place == "both":  # drawn only in this mode, so the other two keep their random streams
+            place = self.rng.choice(("prefix", "concept"))
         if self.step >= cfg.attack_warmup:  # inner: find the prompt that brings the concept back
-            prefix, losses = self.adversarial_prefix(k, (x_t, t, prompt_ids, eps_f))
+            prefix, losses = self.adversarial_prefix(k, (x_t, t, prompt_ids, eps_f), place)
             logs["attack"] = losses[-1]
         # the attack touches no .grad of the trained weights, so micro-batches of --grad-accum add up
-        pred = self.unet(x_t, t, encoder_hidden_states=self.encode_trained(prompt_ids, k, prefix)).sample.float()
+        pred = self.unet(x_t, t, encoder_hidden_states=self.encode_trained(prompt_ids, k, prefix, place)).sample.float()
         erase_loss = F.mse_loss(pred, target)
 
         # data parallel: the retain batch is sharded; the erase term (one forget prompt and its
