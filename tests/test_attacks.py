@@ -4,8 +4,13 @@ import json
 import pytest
 import torch
 
-from erasure.attacks.discrete import (DiscreteAttackConfig, attack_timesteps, discrete_attack, discrete_attack_batch,
-                                      project_to_simplex)
+from erasure.attacks.discrete import (
+    DiscreteAttackConfig,
+    attack_timesteps,
+    discrete_attack,
+    discrete_attack_batch,
+    project_to_simplex,
+)
 from erasure.attacks.soft import soft_prompt_attack
 from erasure.cli import run
 from erasure.errors import UserError
@@ -148,10 +153,10 @@ def test_asr_on_minisd_is_judged_by_the_classifier_and_replayable(tmp_path):
 
 def test_advunlearn_exports_a_text_encoder_that_plugs_into_a_fresh_pipeline(tiny_sd_dir, tmp_path):
     from diffusers import StableDiffusionPipeline
+    from test_trainers import make_config, trainer_for
     from transformers import CLIPTextModel
 
     from erasure.pipelines import ErasedPipeline
-    from test_trainers import make_config, trainer_for
 
     trainer = trainer_for(make_config("advunlearn", tiny_sd_dir, steps=2))
     trainer.train(tmp_path / "erasure")
@@ -213,8 +218,9 @@ def test_vectors_in_the_concepts_place_encode_like_the_concepts_own_words(tiny_p
 def test_advunlearn_attacks_in_the_concepts_place(place, tiny_sd_dir, tmp_path):
     """--attack-place concept puts the inner attack's vectors where the forget prompt names the
     concept (the slot starts after the prompt's words before it); the run trains and resumes."""
-    from erasure.trainers.advunlearn import SLOT_MARK
     from test_trainers import make_config, trainer_for
+
+    from erasure.trainers.advunlearn import SLOT_MARK
 
     trainer = trainer_for(make_config("advunlearn", tiny_sd_dir, steps=2, attack_warmup=0, attack_steps=2,
                                       attack_place=place))
