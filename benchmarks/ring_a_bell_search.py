@@ -10,11 +10,15 @@ same model, suite, concept, budget and settings then finds every prompt and only
     wait; erasure attack --attack ring-a-bell --suite mini-objects --concept circle --model out/no-circle --json rab.json
 
 The search reads the base model's text encoder only, so one search serves every erasure of that base.
+With `--parts DIR` each prompt's result is kept in DIR instead (a record that can be committed or
+copied to another machine and read back by the next run); the last share to finish puts the whole
+set in the cache.
 """
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from erasure.cli import _set_pairs
 from erasure.eval.attacks import _targets, attack_config, ring_a_bell_search
@@ -34,6 +38,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int)
     p.add_argument("--set", dest="settings", action="append", default=[], help="KEY=VALUE of the attack's config")
+    p.add_argument("--parts", type=Path, help="keep each prompt's result in this folder (a record to commit or copy "
+                   "between machines; read back by the next run) instead of the cache's")
     args = p.parse_args()
     k, n = (int(x) for x in args.shard.split("/"))
     ref = resolve(args.model)
@@ -44,7 +50,7 @@ def main() -> None:
     prompts = [t[0] for t in targets]
     mine = {i for i in range(len(prompts)) if i % n == k}
     start = time.perf_counter()
-    found = ring_a_bell_search(ref, args.concept, prompts, cfg, only=mine)
+    found = ring_a_bell_search(ref, args.concept, prompts, cfg, only=mine, parts=args.parts)
     print(f"share {k}/{n}: {len(found['per_prompt'])} of {len(prompts)} prompts searched "
           f"({cfg.population} x {cfg.generations}) in {time.perf_counter() - start:.0f} s")
 

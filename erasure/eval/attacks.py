@@ -197,12 +197,15 @@ def run_relearn(ref: ModelRef, concept: str, targets, json_out, cfg, settings: d
 # ---------------------------------------------------------------------------- Ring-A-Bell
 
 def ring_a_bell_search(ref: ModelRef, concept: str, prompts: list[str], cfg, device: str | None = None,
-                       dtype: torch.dtype | None = None, only: set[int] | None = None) -> dict:
+                       dtype: torch.dtype | None = None, only: set[int] | None = None,
+                       parts: Path | None = None) -> dict:
     """Ring-A-Bell's search from each of `prompts` on the base text encoder of `ref`. Its prompts
     are shared by every erasure of the base, so they are kept in erasure's cache, keyed by
     everything they depend on: the whole set as one JSON, and each prompt's result as it is found
     (a killed search resumes at its prompt; `only`: search those prompt indices alone, as one of
-    several processes does in `benchmarks/ring_a_bell_search.py`)."""
+    several processes does in `benchmarks/ring_a_bell_search.py`). `parts`: keep each prompt's
+    result in that folder instead of the cache's (a record kept beside the code); once every
+    prompt is found, the whole set lands in the cache all the same."""
     from ..attacks.ring_a_bell import ring_a_bell
     from ..pipelines import load_pipeline
 
@@ -212,8 +215,12 @@ def ring_a_bell_search(ref: ModelRef, concept: str, prompts: list[str], cfg, dev
     if cached.is_file():
         return json.loads(cached.read_text())
     base = load_pipeline(ref.base_path, device=device, dtype=dtype)
-    found = ring_a_bell(base.tokenizer, base.text_encoder, prompts, pairs, cfg, parts=cached.with_suffix(""), only=only)
-    if only is None:
+    folder = parts if parts is not None else cached.with_suffix("")
+    found = ring_a_bell(base.tokenizer, base.text_encoder, prompts, pairs, cfg, parts=folder, only=only)
+    if only is not None and all((folder / f"{i:03d}.json").is_file() for i in range(len(prompts))):
+        # the other shares are done too: every prompt is read back, none searched
+        found = ring_a_bell(base.tokenizer, base.text_encoder, prompts, pairs, cfg, parts=folder)
+    if len(found["per_prompt"]) == len(prompts):
         write_json(cached, found)
     return found
 
