@@ -256,6 +256,9 @@ def test_ring_a_bell_searched_in_shares_equals_one_search(tiny_sd_dir, tmp_path)
     # every prompt is in its file now: the full call reads them back (a prompt edited since is searched again)
     (parts / "002.json").write_text((parts / "002.json").read_text().replace("a striped circle", "edited"))
     assert ring_a_bell(tok, te, prompts, pairs, cfg, parts=parts) == whole
+    # a part found under other settings is searched again, never read back
+    other = RingABellConfig(n_tokens=3, population=8, generations=2, seed=0)
+    assert ring_a_bell(tok, te, prompts, pairs, other, parts=parts) == ring_a_bell(tok, te, prompts, pairs, other)
 
 
 def test_ring_a_bell_shares_kept_in_a_record_folder_fill_the_cache_once_all_are_found(tiny_sd_dir, tmp_path,

@@ -50,6 +50,7 @@ Where we differ, deliberately (none changes which individuals the search keeps):
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -197,11 +198,13 @@ def ring_a_bell(tokenizer, text_encoder, seed_prompts: list[str], pairs: list[tu
 
     Prompt i's search depends on nothing but its seed prompt, the pairs, `cfg` and i (its
     generator is seeded cfg.seed + i), so prompts can be searched apart: with `parts`, a folder,
-    each prompt's result is kept in `parts/NNN.json` as soon as it is found and read back on the
-    next call (a killed search resumes at its prompt), and `only` limits the call to those prompt
+    each prompt's result is kept in `parts/NNN.json` as soon as it is found, with the config and
+    pairs it was searched under, and read back on the next call with the same prompt, config and
+    pairs (a killed search resumes at its prompt), and `only` limits the call to those prompt
     indices (a share of the search for one of several processes; `per_prompt` then holds those)."""
     c = concept_vector(tokenizer, text_encoder, pairs)
     seeds = encode_ids(text_encoder, tokenize(tokenizer, seed_prompts))
+    search = {"config": asdict(cfg), "pairs_sha256": hashlib.sha256(json.dumps(pairs).encode()).hexdigest()}
     results = []
     for i, (prompt, e_seed) in enumerate(tqdm(list(zip(seed_prompts, seeds)), desc="Ring-A-Bell search",
                                               dynamic_ncols=True, disable=len(seed_prompts) < 2)):
@@ -210,7 +213,7 @@ def ring_a_bell(tokenizer, text_encoder, seed_prompts: list[str], pairs: list[tu
         part = parts / f"{i:03d}.json" if parts is not None else None
         if part is not None and part.is_file():
             kept = json.loads(part.read_text())
-            if kept.get("prompt") == prompt:
+            if kept.pop("search", None) == search and kept.get("prompt") == prompt:
                 results.append(kept)
                 continue
         target = e_seed + cfg.eta * c
@@ -222,6 +225,6 @@ def ring_a_bell(tokenizer, text_encoder, seed_prompts: list[str], pairs: list[tu
                         "fitness": found["fitness"], "text_fitness": float((as_text - target).pow(2).sum()),
                         "seed_fitness": float((e_seed - target).pow(2).sum()),
                         "first_generation_fitness": found["history"][0]})
-        if part is not None:
-            write_json(part, results[-1])
+        if part is not None:  # with what it was searched under: a part of another search is never read back
+            write_json(part, {**results[-1], "search": search})
     return {"config": asdict(cfg), "concept_vector_norm": float(c.norm()), "n_pairs": len(pairs), "per_prompt": results}
