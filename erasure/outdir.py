@@ -18,8 +18,9 @@ from typing import Iterator
 from .errors import UserError
 
 LOCK_NAME = ".erasure.lock"
-# what a training run writes into its --out (the erasure, its grid, its checkpoint and their temp files)
-_RUN_FILES = {"erasure_config.json", "erasure_model.safetensors", "comparison.png", "checkpoint", LOCK_NAME}
+# what a training run writes into its --out (the erasure, its grid, its checkpoint and their temp files;
+# a composed run's parts/, erasure/trainers/composed.py PARTS_DIR, each part a run folder of its own)
+_RUN_FILES = {"erasure_config.json", "erasure_model.safetensors", "comparison.png", "checkpoint", "parts", LOCK_NAME}
 
 
 def _ours(entry: Path) -> bool:

@@ -116,6 +116,28 @@ def test_composed_erasure_ships_both_parts_and_loads(tiny_mini_dir, tmp_path):
     assert pipe is not None
 
 
+def test_a_composed_run_stopped_in_its_parts_resumes_from_the_command_line(tiny_mini_dir, tmp_path):
+    """A killed adv-esd run leaves only OUT/parts/ (a part's checkpoint): `erasure train --resume`
+    into the same --out accepts the folder and finishes both parts."""
+    from erasure.cli import run
+    from erasure.config import EraseConfig
+    from erasure.files import load_tensors
+    from erasure.registry import get_method
+    parts = ("esd-x.steps=2,esd-x.checkpoint_every=1,advunlearn.steps=2,advunlearn.attack_warmup=0,"
+             "advunlearn.attack_steps=1,advunlearn.retain_trajectories=1,advunlearn.checkpoint_every=0")
+    config = EraseConfig.from_dict({"method": "adv-esd", "concept": "circle", "base_model": str(tiny_mini_dir),
+                                    "part_settings": parts})
+    out = tmp_path / "e"
+    get_method("adv-esd").trainer_cls(config).train(out, stop_after=1)  # the esd-x part stops at step 1
+    assert [e.name for e in out.iterdir() if not e.name.startswith(".")] == ["parts"]
+    assert (out / "parts" / "esd-x" / "checkpoint" / "state.json").is_file()
+    assert run(["train", "--method", "adv-esd", "--model", str(tiny_mini_dir), "--concept", "circle",
+                "--part-settings", parts, "--out", str(out), "--resume", "--no-grid"]) == 0
+    tensors = load_tensors(out / "erasure_model.safetensors")
+    assert any(k.startswith("unet.") for k in tensors) and any(k.startswith("text_encoder.") for k in tensors)
+    assert json.loads((out / "parts" / "esd-x" / "erasure_config.json").read_text())["config"]["steps"] == 2
+
+
 def test_composed_refuses_unknown_part_settings_before_training(tiny_mini_dir):
     from erasure.config import EraseConfig
     from erasure.errors import UserError
