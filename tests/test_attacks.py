@@ -239,6 +239,21 @@ def test_advunlearn_attacks_in_the_concepts_place(place, tiny_sd_dir, tmp_path):
         make_config("advunlearn", tiny_sd_dir, attack_place="middle")
 
 
+def test_advunlearn_x_is_advunlearn_on_the_unets_cross_attention_attacked_in_both_places(tiny_sd_dir, tmp_path):
+    from erasure.config import EraseConfig
+    from erasure.files import load_tensors
+    from test_trainers import make_config, trainer_for
+
+    mini = EraseConfig.from_dict({"method": "advunlearn-x", "concept": "circle", "base_model": "minisd"})
+    assert (mini.target, mini.attack_place, mini.lr) == ("esd-x", "both", 5e-4)
+    quick = {"steps": 2, "attack_warmup": 0, "attack_steps": 2, "retain_batch": 2, "ddim_steps": 4}
+    trainer_for(make_config("advunlearn-x", tiny_sd_dir, **quick)).train(tmp_path / "x")
+    trainer_for(make_config("advunlearn", tiny_sd_dir, target="esd-x", attack_place="both", **quick)).train(tmp_path / "a")
+    x, a = (load_tensors(tmp_path / n / "erasure_model.safetensors") for n in ("x", "a"))
+    assert x and all(k.startswith("unet.") and ".attn2." in k for k in x)  # the UNet's cross-attention only
+    assert set(x) == set(a) and all(torch.equal(x[k], a[k]) for k in x)
+
+
 def test_eval_runs_asr_as_a_metric_beside_the_suite(tmp_path):
     out = tmp_path / "r.json"
     assert run(["eval", "--model", "minisd", "--suite", "mini-objects", "--limit", "2", "--images-per-prompt", "1",

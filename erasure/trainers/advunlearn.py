@@ -306,3 +306,16 @@ class AdvUnlearnTrainer(ESDTrainer):
 
 
 register_method("advunlearn", AdvUnlearnConfig, AdvUnlearnTrainer)
+
+
+@dataclass
+class AdvUnlearnXConfig(AdvUnlearnConfig):
+    """advunlearn-x: the same bi-level training on the UNet's cross-attention (ESD-x's weights; the
+    text encoder stays the base's), the inner attack in both places. AdvUnlearn's paper weighs
+    the module to train (its UNet and text-encoder rows) and ships the text encoder; the UNet is
+    what concept inversion cannot go around: a learned token still passes through the erased
+    cross-attention. MiniSD (docs/attacks.md): lr 5e-4, ESD-x's own."""
+    world_defaults: ClassVar[dict] = {"mini": {**AdvUnlearnConfig.world_defaults["mini"], "lr": 5e-4}}
+
+
+register_method("advunlearn-x", AdvUnlearnXConfig, AdvUnlearnTrainer, target="esd-x", attack_place="both")
