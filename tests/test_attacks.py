@@ -240,9 +240,10 @@ def test_advunlearn_attacks_in_the_concepts_place(place, tiny_sd_dir, tmp_path):
 
 
 def test_advunlearn_x_is_advunlearn_on_the_unets_cross_attention_attacked_in_both_places(tiny_sd_dir, tmp_path):
+    from test_trainers import make_config, trainer_for
+
     from erasure.config import EraseConfig
     from erasure.files import load_tensors
-    from test_trainers import make_config, trainer_for
 
     mini = EraseConfig.from_dict({"method": "advunlearn-x", "concept": "circle", "base_model": "minisd"})
     assert (mini.target, mini.attack_place, mini.lr) == ("esd-x", "both", 5e-4)
