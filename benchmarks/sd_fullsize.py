@@ -1,6 +1,6 @@
 """Every method at Stable Diffusion's full size, proven without its weights.
 
-    python benchmarks/sd_fullsize.py [--methods esd-x,esd-u,salun,doco,advunlearn,sfd,attack]
+    python benchmarks/sd_fullsize.py [--methods esd-x,esd-u,salun,doco,advunlearn,advunlearn-x,sfd,attack]
                                      [--estimate-only] [--validate esd-x,doco] [--json OUT.json]
                                      [--model runs/sd14-random-256] [--out runs/sd_fullsize]
 
@@ -60,9 +60,9 @@ SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linea
                  skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
 CPU_SAMPLING = {"num_inference_steps": 2, "guidance_scale": 7.5}
 
-METHODS = ("esd-x", "esd-u", "salun", "doco", "advunlearn", "sfd", "attack")
+METHODS = ("esd-x", "esd-u", "salun", "doco", "advunlearn", "advunlearn-x", "sfd", "attack")
 CONCEPT = {"esd-x": "van gogh", "esd-u": "nudity", "salun": "nudity", "doco": "nudity", "advunlearn": "nudity",
-           "sfd": "nudity", "attack": "nudity"}
+           "advunlearn-x": "nudity", "sfd": "nudity", "attack": "nudity"}
 # every memory lever on (erasure/memory.py, the trainers' settings)
 LEVERS = {"gradient_checkpointing": "true", "optimizer": "adam8bit"}
 METHOD_LEVERS = {"salun": {"saliency_device": "cpu"}}
@@ -75,7 +75,7 @@ LOOP_ONLY = {"salun": lambda cfg: {"n_forget": cfg.batch_size, "n_retain": cfg.b
              "doco": lambda cfg: {"n_anchor": max(cfg.batch_size, 2)}}
 # the estimate's two steps are of the main phase, where the peak is: DoCo's first 1000 steps train
 # its discriminator alone, AdvUnlearn's first 200 skip the inner attack
-MAIN_PHASE = {"doco": {"disc_warmup": 0}, "advunlearn": {"attack_warmup": 0}}
+MAIN_PHASE = {"doco": {"disc_warmup": 0}, "advunlearn": {"attack_warmup": 0}, "advunlearn-x": {"attack_warmup": 0}}
 # what makes two CPU optimizer steps cheap, per method; everything else is its SD default + recipe
 CHEAP = {
     "esd-x": {"ddim_steps": 4, "trajectory_batch": 1},
@@ -84,6 +84,8 @@ CHEAP = {
     "doco": {"n_anchor": 2, "data_steps": 2, "disc_warmup": 0, "batch_size": 1},
     "advunlearn": {"ddim_steps": 2, "attack_warmup": 0, "attack_steps": 2, "retain_batch": 2, "retain_trajectories": 2,
                    "trajectory_batch": 1},
+    "advunlearn-x": {"ddim_steps": 2, "attack_warmup": 0, "attack_steps": 2, "retain_batch": 2, "retain_trajectories": 2,
+                     "trajectory_batch": 1},
     # the model's own UNet as the starting one-step generator (exercises the --generator loader)
     "sfd": {"generator": "{model}", "batch_size": 1},
 }

@@ -13,7 +13,8 @@ import pytest
 
 SCRIPT = Path(__file__).parent.parent / "benchmarks" / "sd_fullsize.py"
 # the acceptance bars of the estimates: one 24 GB card (SFD: one 40 GB card)
-BAR_GIB = {"esd-x": 22, "esd-u": 22, "salun": 22, "doco": 22, "advunlearn": 22, "sfd": 40, "attack": 22}
+BAR_GIB = {"esd-x": 22, "esd-u": 22, "salun": 22, "doco": 22, "advunlearn": 22, "advunlearn-x": 22, "sfd": 40,
+           "attack": 22}
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def sd14(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["esd-x", "esd-u", "salun", "doco", "advunlearn", "sfd", "attack"])
+@pytest.mark.parametrize("method", ["esd-x", "esd-u", "salun", "doco", "advunlearn", "advunlearn-x", "sfd", "attack"])
 def test_every_method_fits_and_runs_end_to_end_at_full_size(method, sd14, tmp_path):
     out = tmp_path / "out"
     subprocess.run([sys.executable, str(SCRIPT), "--methods", method, "--model", str(sd14), "--out", str(out),
