@@ -249,7 +249,7 @@ def test_concept_prompt_file(tmp_path):
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"method": "esd-q"}, "unknown method 'esd-q'; choose one of: adv-esd, advunlearn, doco, esd-all, esd-u, esd-x, esd-x-strict, salun, sfd"),
+    ({"method": "esd-q"}, "unknown method 'esd-q'; choose one of: adv-esd, advunlearn, advunlearn-x, doco, esd-all, esd-u, esd-x, esd-x-strict, salun, sfd"),
     ({"concept": "  "}, "the concept is empty"),
     ({"steps": 0}, "--steps must be at least 1"),
     ({"target": "esd-z"}, "unknown weight preset 'esd-z'"),
