@@ -75,7 +75,7 @@ LOOP_ONLY = {"salun": lambda cfg: {"n_forget": cfg.batch_size, "n_retain": cfg.b
              "doco": lambda cfg: {"n_anchor": max(cfg.batch_size, 2)}}
 # the estimate's two steps are of the main phase, where the peak is: DoCo's first 1000 steps train
 # its discriminator alone, AdvUnlearn's first 200 skip the inner attack
-MAIN_PHASE = {"doco": {"disc_warmup": 0}, "advunlearn": {"attack_warmup": 0}, "advunlearn-x": {"attack_warmup": 0}}
+MAIN_PHASE = {"doco": {"disc_warmup": 0}, "advunlearn": {"attack_warmup": 0}}
 # what makes two CPU optimizer steps cheap, per method; everything else is its SD default + recipe
 CHEAP = {
     "esd-x": {"ddim_steps": 4, "trajectory_batch": 1},
@@ -84,11 +84,12 @@ CHEAP = {
     "doco": {"n_anchor": 2, "data_steps": 2, "disc_warmup": 0, "batch_size": 1},
     "advunlearn": {"ddim_steps": 2, "attack_warmup": 0, "attack_steps": 2, "retain_batch": 2, "retain_trajectories": 2,
                    "trajectory_batch": 1},
-    "advunlearn-x": {"ddim_steps": 2, "attack_warmup": 0, "attack_steps": 2, "retain_batch": 2, "retain_trajectories": 2,
-                     "trajectory_batch": 1},
     # the model's own UNet as the starting one-step generator (exercises the --generator loader)
     "sfd": {"generator": "{model}", "batch_size": 1},
 }
+# advunlearn-x is AdvUnlearn's trainer on other weights: the same main phase, the same cheap run
+MAIN_PHASE["advunlearn-x"] = MAIN_PHASE["advunlearn"]
+CHEAP["advunlearn-x"] = CHEAP["advunlearn"]
 # what makes a CPU run fit in a 24 GiB machine, per method (printed with the run): SFD's defaults
 # keep fp32 Adam states for two full UNets (4 x 3.4 GB) beside three UNets' weights, 23.3 GiB at
 # step 2 on this machine (killed for memory); 8-bit states (bitsandbytes, CPU) free ~10 GB

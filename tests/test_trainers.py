@@ -24,8 +24,8 @@ METHODS = [m for m in method_names() if issubclass(get_method(m).trainer_cls, Tr
 QUICK = {"salun": {"n_forget": 4, "n_retain": 4, "batch_size": 2, "data_steps": 2},
          "doco": {"n_anchor": 4, "batch_size": 2, "data_steps": 2, "disc_warmup": 1},
          "advunlearn": {"attack_warmup": 1, "attack_steps": 2, "retain_batch": 2, "ddim_steps": 4},
-         "advunlearn-x": {"attack_warmup": 1, "attack_steps": 2, "retain_batch": 2, "ddim_steps": 4},
          "sfd": {"batch_size": 2, "fake_lr": 1e-3, "generator": "teacher"}}
+QUICK["advunlearn-x"] = QUICK["advunlearn"]  # AdvUnlearn's trainer on the UNet's cross-attention
 
 
 def make_config(method, base, **kw):

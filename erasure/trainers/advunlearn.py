@@ -202,13 +202,13 @@ class AdvUnlearnTrainer(ESDTrainer):
         self.retain_cache: tuple[torch.Tensor, torch.Tensor] | None = None
         self.retain_born = -1
 
-    def encode_trained(self, prompt_ids: torch.Tensor, k: int, prefix: torch.Tensor | None,
+    def encode_trained(self, prompt_ids: torch.Tensor, k: int, adversarial: torch.Tensor | None,
                        place: str = "prefix") -> torch.Tensor:
-        """The trained text encoder's embedding of forget prompts (with the adversarial vectors)."""
+        """The trained text encoder's embedding of forget prompts (with the adversarial vectors in `place`)."""
         prompts = [self.forget_prompt_sets[k][i] for i in prompt_ids.tolist()]
-        if prefix is None:
+        if adversarial is None:
             return self.embed(prompts, grad=True)
-        return self.adversarial_encoder(k, place)(prompts, prefix)
+        return self.adversarial_encoder(k, place)(prompts, adversarial)
 
     def adversarial_encoder(self, k: int, place: str):
         """(prompts, vectors) -> text-encoder states with the vectors in front (`prefix`) or in
@@ -243,7 +243,7 @@ class AdvUnlearnTrainer(ESDTrainer):
         """eps*(x_t, t, c_f): what the original model predicts for the plain forget prompts (the attack's target)."""
         return self.frozen_unet(x_t, t, encoder_hidden_states=self.c_forget[k][prompt_ids]).sample.float()
 
-    def adversarial_prefix(self, k: int, outer: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    def adversarial_vectors(self, k: int, outer: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
                            place: str = "prefix") -> tuple[torch.Tensor, list[float]]:
         """The inner attack against the current text encoder: (k adversarial embeddings, its losses).
         `outer` = the outer step's (x_t, t, prompt ids, eps*(c_f)), which `--attack-draw outer` attacks;
@@ -269,16 +269,16 @@ class AdvUnlearnTrainer(ESDTrainer):
         x_t, t, prompt_ids = self.draw_xt(k, cfg.batch_size)
         target, eps_f = self.esd_target(x_t, t, k, prompt_ids)  # ESD Eq. 3 from θ* (its text encoder too)
 
-        prefix = None
+        adversarial = None
         logs = {}
         place = cfg.attack_place
         if place == "both":  # drawn only in this mode, so the other two keep their random streams
             place = self.rng.choice(("prefix", "concept"))
         if self.step >= cfg.attack_warmup:  # inner: find the prompt that brings the concept back
-            prefix, losses = self.adversarial_prefix(k, (x_t, t, prompt_ids, eps_f), place)
+            adversarial, losses = self.adversarial_vectors(k, (x_t, t, prompt_ids, eps_f), place)
             logs["attack"] = losses[-1]
         # the attack touches no .grad of the trained weights, so micro-batches of --grad-accum add up
-        pred = self.unet(x_t, t, encoder_hidden_states=self.encode_trained(prompt_ids, k, prefix, place)).sample.float()
+        pred = self.unet(x_t, t, encoder_hidden_states=self.encode_trained(prompt_ids, k, adversarial, place)).sample.float()
         erase_loss = F.mse_loss(pred, target)
 
         # data parallel: the retain batch is sharded; the erase term (one forget prompt and its
