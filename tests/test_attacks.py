@@ -235,6 +235,10 @@ def test_advunlearn_attacks_in_the_concepts_place(place, tiny_sd_dir, tmp_path):
     assert (tmp_path / "erasure" / "erasure_config.json").is_file()
     assert set(seen) <= {"prefix", "concept"} and ("concept" in seen if place == "concept" else seen)
     assert SLOT_MARK not in " ".join(trainer.forget_prompt_sets[0])
+    concept = trainer.config.concepts[0]
+    splits = trainer.concept_splits[0]  # each forget prompt split once, around the concept's words
+    named = [p for p, (before, after) in splits.items() if f"{before}{concept}{after}".lower() == p.lower()]
+    assert named and all(splits[p] == ("", f" {p}") for p in splits if p not in named)
     with pytest.raises(UserError, match="--attack-place must be prefix, concept or both"):
         make_config("advunlearn", tiny_sd_dir, attack_place="middle")
 

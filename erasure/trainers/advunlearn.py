@@ -197,6 +197,9 @@ class AdvUnlearnTrainer(ESDTrainer):
                     for p in self.world.sibling_prompts(self.forget_prompt_sets[k], c)]
             near = self.without_run_concepts(near)  # erasing circle and square together: circle's siblings are squares
             self.retain_set += [p for p in dict.fromkeys(near) if p not in self.retain_set]
+        # the concept place's split of each forget prompt, once (the inner attack encodes them every step)
+        self.concept_splits = [{p: self.split_around_concept(p, c) for p in self.forget_prompt_sets[k]}
+                               for k, c in enumerate(cfg.concepts)]
         # θ*'s embeddings of the retain prompts (setup runs before any step, also on resume)
         self.c_retain_frozen = self.embed(self.retain_set)
         self.retain_cache: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -216,15 +219,17 @@ class AdvUnlearnTrainer(ESDTrainer):
         and loses the second, a prompt that names it not has the vectors in front)."""
         if place == "prefix":
             return lambda prompts, vectors: encode_with_prefix(self.tokenizer, self.text_encoder, prompts, vectors)
-        concept = self.config.concepts[k]
+        split = self.concept_splits[k]
 
         def around_concept(prompts: list[str], vectors: torch.Tensor) -> torch.Tensor:
-            parts = []
-            for prompt in prompts:
-                before, after = self.world.with_token(prompt, concept, SLOT_MARK).split(SLOT_MARK, 1)
-                parts.append((before, after.replace(SLOT_MARK, "")))
-            return encode_with_slots(self.tokenizer, self.text_encoder, parts, vectors)
+            return encode_with_slots(self.tokenizer, self.text_encoder, [split[p] for p in prompts], vectors)
         return around_concept
+
+    def split_around_concept(self, prompt: str, concept: str) -> tuple[str, str]:
+        """(text before, text after) the first place `prompt` names `concept` (a second naming
+        is dropped; a prompt that names it not splits before its first word)."""
+        before, after = self.world.with_token(prompt, concept, SLOT_MARK).split(SLOT_MARK, 1)
+        return before, after.replace(SLOT_MARK, "")
 
     def retain_latents(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(z_r, t, retain prompt ids): ESD-style partial DDIM latents under retain prompts."""
