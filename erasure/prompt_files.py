@@ -55,7 +55,9 @@ def read_prompt_table(path: str | Path, flag: str, choices: str = "", csv_only: 
                 reader = csv.DictReader(f)
                 fields = [(h or "").strip() for h in (reader.fieldnames or [])]
                 if "prompt" not in fields:
-                    raise UserError(f"{flag}: {path} has no 'prompt' column (found: {', '.join(fields) or 'nothing'}); "
+                    # a header field may hold a line break (an open quote): shown escaped, the error stays one line
+                    found = ", ".join(h if h.isprintable() else repr(h) for h in fields) or "nothing"
+                    raise UserError(f"{flag}: {path} has no 'prompt' column (found: {found}); "
                                     "the first line must be a header such as prompt,object,color,style")
                 rows = [{(k or "").strip(): (v or "").strip() for k, v in raw.items() if isinstance(v, str) or v is None}
                         for raw in reader]
